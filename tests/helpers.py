@@ -1,0 +1,48 @@
+"""Shared test machinery: seeded models, exactly invariant references."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import torchinvariance as ti
+
+BUILTIN_GROUPS = [
+    ("rotation", {"order": 2}),
+    ("rotation", {"order": 4}),
+    ("translation", {"order": 3, "axis": "x"}),
+    ("translation", {"order": 2, "axis": "y"}),
+    ("flip", {"axis": "x"}),
+    ("flip", {"axis": "y"}),
+    ("dihedral", {}),
+]
+
+
+def group_id(spec):
+    name, params = spec
+    return name + "".join(f"-{k}{v}" for k, v in params.items())
+
+
+def make_group(spec):
+    name, params = spec
+    return ti.get_group(name, **params)
+
+
+def mlp(in_features: int, classes: int = 5, hidden: int = 16, seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, classes)
+    ).to(dtype)
+
+
+class OrbitAveraged(nn.Module):
+    """Exactly invariant reference: average the model's outputs over the orbit (test-only)."""
+
+    def __init__(self, model: nn.Module, group: ti.Group) -> None:
+        super().__init__()
+        self.model, self.group = model, group
+
+    def forward(self, x):
+        orbit = self.group.orbit(x)
+        out = self.model(orbit.reshape(-1, *x.shape[1:]))
+        return out.reshape(self.group.order, x.shape[0], *out.shape[1:]).mean(0)

@@ -1,0 +1,137 @@
+import pytest
+import torch
+from helpers import BUILTIN_GROUPS, group_id, make_group
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchinvariance as ti
+
+GROUP_PARAMS = pytest.mark.parametrize("spec", BUILTIN_GROUPS, ids=group_id)
+
+
+def _image(group, shape=(2, 3, 6, 6), dtype=torch.float64):
+    torch.manual_seed(0)
+    return torch.randn(shape, dtype=torch.float64).to(dtype)
+
+
+@GROUP_PARAMS
+def test_axioms_every_pair(spec):
+    group = make_group(spec)
+    x = _image(group)
+    els = group.elements()
+    assert len(els) == group.order == len(set(els))
+    assert els[0] == group.identity
+    assert torch.equal(group.act(group.identity, x), x)
+    for g in els:
+        gx = group.act(g, x)
+        assert torch.equal(group.act(group.inverse(g), gx), x), g
+        assert group.compose(g, group.inverse(g)) == group.identity
+        for h in els:
+            assert torch.equal(group.act(group.compose(g, h), x), group.act(g, group.act(h, x))), (g, h)
+
+
+@GROUP_PARAMS
+def test_action_is_faithful(spec):
+    """Distinct elements act differently on a generic image (the table is not trivial)."""
+    group = make_group(spec)
+    x = _image(group)
+    images = [group.act(g, x) for g in group.elements()]
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            assert not torch.equal(images[i], images[j])
+
+
+@GROUP_PARAMS
+def test_cayley_table_is_latin_square(spec):
+    group = make_group(spec)
+    table = group.cayley_table()
+    for row in table:
+        assert sorted(row) == list(group.elements())
+    for col in zip(*table):
+        assert sorted(col) == list(group.elements())
+
+
+@GROUP_PARAMS
+def test_orbit_matches_act_and_is_one_tensor(spec):
+    group = make_group(spec)
+    x = _image(group)
+    orbit = group.orbit(x)
+    assert orbit.shape == (group.order, *x.shape)
+    for i, g in enumerate(group.elements()):
+        assert torch.equal(orbit[i], group.act(g, x))
+
+
+@GROUP_PARAMS
+def test_act_per_sample(spec):
+    group = make_group(spec)
+    x = _image(group, shape=(7, 1, 6, 6))
+    gs = [i % group.order for i in range(7)]
+    out = group.act_per_sample(gs, x)
+    for i, g in enumerate(gs):
+        assert torch.equal(out[i], group.act(g, x[i]))
+
+
+@GROUP_PARAMS
+def test_action_is_differentiable_and_preserves_dtype(spec):
+    group = make_group(spec)
+    x = _image(group).requires_grad_()
+    for g in group.elements():
+        y = group.act(g, x)
+        assert y.dtype == x.dtype and y.device == x.device
+    torch.autograd.gradcheck(lambda t: group.orbit(t), (x,))
+
+
+def test_known_values():
+    x = torch.tensor([[1, 2], [3, 4]])
+    rot = ti.get_group("rotation", order=4)
+    assert torch.equal(rot.act(1, x), torch.tensor([[2, 4], [1, 3]]))
+    assert torch.equal(rot.act(2, x), torch.tensor([[4, 3], [2, 1]]))
+    assert torch.equal(ti.get_group("rotation", order=2).act(1, x), rot.act(2, x))
+    shift = ti.get_group("translation", order=3, axis="x")
+    row = torch.arange(6).reshape(1, 6)
+    assert shift.act(1, row).tolist() == [[4, 5, 0, 1, 2, 3]]
+    assert ti.get_group("flip", axis="y").act(1, x).tolist() == [[3, 4], [1, 2]]
+    d4 = ti.get_group("dihedral")
+    assert d4.order == 8
+    assert torch.equal(d4.act(4, x), x.flip(-1))
+
+
+def test_sample_is_uniform_and_seeded():
+    group = ti.get_group("dihedral")
+    gen = torch.Generator().manual_seed(0)
+    draws = group.sample(8000, generator=gen)
+    counts = torch.bincount(torch.tensor(draws), minlength=8).float()
+    assert counts.min() > 800 and counts.max() < 1200
+    assert group.sample(5, torch.Generator().manual_seed(3)) == group.sample(
+        5, torch.Generator().manual_seed(3)
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    spec=st.sampled_from(BUILTIN_GROUPS),
+    lead=st.lists(st.integers(1, 3), min_size=0, max_size=2),
+    size=st.sampled_from([6, 12]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64, torch.bool]),
+)
+def test_axioms_property(spec, lead, size, dtype):
+    group = make_group(spec)
+    x = (torch.randn(*lead, size, size) * 10).to(dtype)
+    g, h = group.elements()[-1], group.elements()[len(group.elements()) // 2]
+    assert torch.equal(group.act(group.compose(g, h), x), group.act(g, group.act(h, x)))
+    assert torch.equal(group.act(group.inverse(g), group.act(g, x)), x)
+    assert group.orbit(x).dtype == dtype
+
+
+def test_bad_input_errors():
+    rot = ti.get_group("rotation", order=4)
+    with pytest.raises(ValueError, match=r"square.*\(1, 36, 35\)"):
+        rot.act(1, torch.zeros(1, 36, 35))
+    with pytest.raises(ValueError, match="divisible by 3"):
+        ti.get_group("translation", order=3).act(1, torch.zeros(1, 5, 5))
+    with pytest.raises(ValueError, match=r"elements 0\.\.3"):
+        rot.act(4, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="at least 2 dims"):
+        rot.act(1, torch.zeros(4))
+    with pytest.raises(ValueError, match="axis"):
+        ti.get_group("flip", axis="z")

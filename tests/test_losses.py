@@ -1,0 +1,220 @@
+import numpy as np
+import pytest
+import torch
+from helpers import BUILTIN_GROUPS, OrbitAveraged, group_id, make_group, mlp
+from scipy.stats import entropy
+
+import torchinvariance as ti
+
+DIVS = ["l2", "kl", "normalized_l2"]
+
+
+def _batch(b=5, size=6, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 1, size, size, generator=g, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("divergence", DIVS)
+def test_gradcheck_float64(divergence):
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36, dtype=torch.float64)
+    x = _batch(3, dtype=torch.float64).requires_grad_()
+    loss = ti.InvarianceLoss(model, group, divergence=divergence)
+    assert torch.autograd.gradcheck(lambda t: loss(t), (x,))
+    # and the divergence itself, w.r.t. both of its arguments
+    a = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ti.losses.DIVERGENCES[divergence], (a, b))
+
+
+@pytest.mark.parametrize("spec", BUILTIN_GROUPS, ids=group_id)
+@pytest.mark.parametrize("divergence", DIVS)
+def test_invariant_model_has_zero_error_and_generic_mlp_does_not(spec, divergence):
+    group = make_group(spec)
+    x = _batch(4)
+    base = mlp(36)
+    inv = OrbitAveraged(base, group)
+    values = ti.InvarianceLoss(inv, group, divergence=divergence, reduction="none")(x)
+    assert values.shape == (group.order, 4)
+    assert values.abs().max() <= 1e-6
+    generic = ti.InvarianceLoss(base, group, divergence=divergence, reduction="none")(x)
+    assert (generic[1:] > 1e-6).all()  # test the tester: every non-identity term is positive
+    assert torch.equal(generic[0], torch.zeros(4))
+
+
+def test_kl_matches_scipy_entropy():
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36, dtype=torch.float64)
+    x = _batch(6, dtype=torch.float64)
+    values = ti.InvarianceLoss(model, group, divergence="kl", reduction="none")(x).detach().numpy()
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1).numpy()
+        for i, g in enumerate(group.elements()):
+            q = torch.softmax(model(group.act(g, x)), -1).numpy()
+            ref = entropy(p, q, axis=1)
+            np.testing.assert_allclose(values[i], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_l2_and_normalized_match_numpy():
+    group = ti.get_group("translation", order=3)
+    model = mlp(36, dtype=torch.float64)
+    x = _batch(6, dtype=torch.float64)
+    l2 = ti.InvarianceLoss(model, group, "l2", reduction="none")(x).detach().numpy()
+    nl2 = ti.InvarianceLoss(model, group, "normalized_l2", reduction="none")(x).detach().numpy()
+    with torch.no_grad():
+        fx = model(x).numpy()
+        for i, g in enumerate(group.elements()):
+            fgx = model(group.act(g, x)).numpy()
+            np.testing.assert_allclose(l2[i], 0.5 * ((fx - fgx) ** 2).sum(1), rtol=1e-12)
+            np.testing.assert_allclose(nl2[i], ((fx - fgx) ** 2).sum(1) / (fx**2).sum(1), rtol=1e-12)
+
+
+def test_reductions_and_logits_reuse():
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36, dtype=torch.float64)
+    x = _batch(5, dtype=torch.float64)
+    none = ti.InvarianceLoss(model, group, reduction="none")(x)
+    mean = ti.InvarianceLoss(model, group, reduction="mean")(x)
+    total = ti.InvarianceLoss(model, group, reduction="sum")(x)
+    torch.testing.assert_close(mean, none.sum() / (4 * 5))
+    torch.testing.assert_close(total, none.sum())
+    logits = model(x)
+    torch.testing.assert_close(ti.InvarianceLoss(model, group, reduction="none")(x, logits=logits), none)
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls, self.rows = inner, 0, 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+def test_one_batched_forward_and_no_recompute_with_logits():
+    group = ti.get_group("dihedral")
+    counting = CountingModel(mlp(36))
+    x = _batch(5)
+    ti.InvarianceLoss(counting, group)(x)
+    assert (counting.calls, counting.rows) == (1, 8 * 5)
+    counting.calls = counting.rows = 0
+    logits = counting(x)
+    ti.InvarianceLoss(counting, group)(x, logits=logits)
+    assert (counting.calls, counting.rows) == (2, 5 + 7 * 5)  # only the 7 non-identity elements
+
+
+def test_elements_sampling_and_explicit_list():
+    group = ti.get_group("dihedral")
+    counting = CountingModel(mlp(36))
+    x = _batch(5)
+    logits = counting(x)
+    counting.rows = 0
+    loss = ti.InvarianceLoss(
+        counting, group, elements=2, reduction="none", generator=torch.Generator().manual_seed(0)
+    )
+    out = loss(x, logits=logits)
+    assert out.shape == (2, 5)
+    assert counting.rows <= 2 * 5
+    explicit = ti.InvarianceLoss(counting, group, elements=[0, 3], reduction="none")(x, logits=logits)
+    full = ti.InvarianceLoss(counting, group, reduction="none")(x, logits=logits)
+    torch.testing.assert_close(explicit, full[[0, 3]])
+
+
+def test_chunked_matches_unchunked_and_backprops():
+    group = ti.get_group("dihedral")
+    model = mlp(36, dtype=torch.float64)
+    x = _batch(4, dtype=torch.float64)
+    a = ti.InvarianceLoss(model, group)(x)
+    ga = torch.autograd.grad(a, list(model.parameters()))
+    b = ti.InvarianceLoss(model, group, chunk_size=3)(x)
+    gb = torch.autograd.grad(b, list(model.parameters()))
+    torch.testing.assert_close(a, b)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v)
+
+
+def test_composition_sums_weighted_terms():
+    model = mlp(36, dtype=torch.float64)
+    x = _batch(4, dtype=torch.float64)
+    rot = ti.InvarianceLoss(model, ti.get_group("rotation", order=4))
+    shift = ti.InvarianceLoss(model, ti.get_group("translation", order=3))
+    both = rot + 0.5 * shift
+    torch.testing.assert_close(both(x), rot(x) + 0.5 * shift(x))
+    torch.testing.assert_close((2 * both)(x), 2 * rot(x) + shift(x))
+    assert len(list(both.parameters())) == len(list(model.parameters()))
+
+
+def test_feature_level_invariance():
+    torch.manual_seed(0)
+    features = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU())
+    x = _batch(3)
+    loss = ti.InvarianceLoss(features, ti.get_group("flip"), reduction="none")(x)
+    with torch.no_grad():
+        ref = 0.5 * (features(x) - features(x.flip(-1))).pow(2).sum((1, 2, 3))
+    torch.testing.assert_close(loss[1], ref)
+
+
+def test_callable_divergence():
+    model = mlp(36)
+    x = _batch(3)
+
+    def l1(a, b):
+        return (a - b).abs().sum(1)
+
+    loss = ti.InvarianceLoss(model, ti.get_group("flip"), divergence=l1, reduction="none")(x)
+    with torch.no_grad():
+        torch.testing.assert_close(loss[1], (model(x) - model(x.flip(-1))).abs().sum(1))
+
+
+def test_bad_input():
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36)
+    with pytest.raises(ValueError, match=r"non-empty batch.*\(0, 1, 6, 6\)"):
+        ti.InvarianceLoss(model, group)(torch.zeros(0, 1, 6, 6))
+    with pytest.raises(ValueError, match="square"):
+        ti.InvarianceLoss(mlp(30), group)(torch.zeros(2, 1, 6, 5))
+    conv = torch.nn.Conv2d(1, 2, 3)
+    with pytest.raises(ValueError, match=r"\(batch, classes\).*\(2, 2, 4, 4\)"):
+        ti.InvarianceLoss(conv, group, divergence="kl")(torch.zeros(2, 1, 6, 6))
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        ti.InvarianceLoss(model, group, divergence="l3")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ti.InvarianceLoss(model, group, reduction="avg")
+    with pytest.raises(ValueError, match="reduction 'mean' or 'sum'"):
+        ti.InvarianceLoss(model, group, reduction="none") + ti.InvarianceLoss(model, group)
+
+
+def test_autocast_bf16_close_to_fp32():
+    model = mlp(36)
+    x = _batch(8)
+    loss = ti.InvarianceLoss(model, ti.get_group("rotation", order=4))
+    ref = loss(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss(x)
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    torch.testing.assert_close(low, ref, rtol=0.1, atol=1e-3)
+    low.backward()
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    model = mlp(36)
+    x = _batch(8)
+    loss = ti.InvarianceLoss(model, ti.get_group("rotation", order=4))
+    compiled = torch.compile(loss)
+    torch.testing.assert_close(compiled(x), loss(x), rtol=1e-5, atol=1e-6)
+    g1 = torch.autograd.grad(compiled(x), list(model.parameters()))
+    g2 = torch.autograd.grad(loss(x), list(model.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu():
+    model = mlp(36)
+    x = _batch(8)
+    loss = ti.InvarianceLoss(model, ti.get_group("rotation", order=4))
+    ref = loss(x)
+    torch.testing.assert_close(loss.cuda()(x.cuda()).cpu(), ref, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,184 @@
+import importlib.metadata
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import torchinvariance as ti
+from torchinvariance.registry import GroupRegistry
+
+
+class _Reverse(ti.CyclicGroup):
+    name = "reverse1d"
+    event_ndim = 1
+
+    def __init__(self):
+        super().__init__(2)
+
+    def _act(self, g, x):
+        return x.flip(-1) if g else x
+
+
+class _FakeEntryPoint:
+    def __init__(self, name, obj=None, exc=None):
+        self.name, self.group, self.value = name, "torchinvariance", f"fake_module_{name}"
+        self._obj, self._exc = obj, exc
+
+    def load(self):
+        if self._exc is not None:
+            raise self._exc
+        return self._obj
+
+
+class _FakeDist:
+    def __init__(self, name, entry_points):
+        self.metadata = {"name": name}
+        self.entry_points = entry_points
+
+
+class _PluginModule:
+    @staticmethod
+    @ti.hookimpl
+    def torchinvariance_register_groups(register):
+        register("reverse1d", _Reverse)
+
+
+def _fake_distributions(monkeypatch, dists):
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(dists))
+
+
+def test_builtins_registered_through_hook():
+    reg = GroupRegistry(autoload=False)
+    assert set(reg.list_groups()) == {"dihedral", "flip", "rotation", "translation"}
+    assert reg.provider("rotation") == "torchinvariance (built-in)"
+    assert reg.plugin_manager.hook.torchinvariance_register_groups.get_hookimpls()
+
+
+def test_get_group_params():
+    assert ti.get_group("rotation", order=4).order == 4
+    assert ti.get_group("translation", order=3, axis="x").order == 3
+    assert ti.get_group("flip").axis == "x"
+    assert ti.get_group("dihedral").order == 8
+
+
+def test_unknown_name_lists_names_and_closest_match():
+    with pytest.raises(KeyError) as err:
+        ti.get_group("rotaton")
+    msg = str(err.value)
+    assert "did you mean 'rotation'" in msg and "'translation'" in msg and "'dihedral'" in msg
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "pattern"),
+    [
+        ("rotation", {"order": 5}, r"order in \{2, 4\}.*order=5"),
+        ("rotation", {"angle": 3}, r"accepts parameters \['order'\]"),
+        ("translation", {"order": 0}, "positive int"),
+        ("dihedral", {"order": 8}, r"accepts parameters \[\]"),
+    ],
+)
+def test_bad_params(name, params, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ti.get_group(name, **params)
+
+
+def test_duplicate_names_both_providers():
+    reg = GroupRegistry(autoload=False)
+    with pytest.raises(
+        ValueError, match=r"'rotation' is already registered by 'torchinvariance \(built-in\)'.*'me'"
+    ):
+        reg.register("rotation", ti.Rotation, provider="me")
+
+
+def test_register_group_runtime():
+    reg = GroupRegistry(autoload=False)
+    reg.register("half_turns", lambda: ti.Rotation(2))
+    assert reg.get("half_turns").order == 2
+    with pytest.raises(TypeError, match=r"expected a torchinvariance\.groups\.Group"):
+        reg.register("bad", lambda: 3)
+        reg.get("bad")
+
+
+def test_fake_entry_point_plugin_loads(monkeypatch):
+    _fake_distributions(monkeypatch, [_FakeDist("reverse-plugin", [_FakeEntryPoint("rev", _PluginModule)])])
+    reg = GroupRegistry(autoload=True)
+    group = reg.get("reverse1d")
+    assert reg.provider("reverse1d") == "reverse-plugin:rev"
+    assert torch.equal(group.act(1, torch.arange(3)), torch.tensor([2, 1, 0]))
+
+
+def test_broken_plugin_warns_and_others_load(monkeypatch):
+    _fake_distributions(
+        monkeypatch,
+        [
+            _FakeDist("broken-plugin", [_FakeEntryPoint("boom", exc=ImportError("no module named nope"))]),
+            _FakeDist("reverse-plugin", [_FakeEntryPoint("rev", _PluginModule)]),
+        ],
+    )
+    reg = GroupRegistry(autoload=True)
+    with pytest.warns(RuntimeWarning, match=r"'broken-plugin:boom'.*no module named nope"):
+        names = reg.list_groups()
+    assert "reverse1d" in names and "rotation" in names
+
+
+def test_plugin_duplicate_is_skipped_with_warning(monkeypatch):
+    class Dup:
+        @staticmethod
+        @ti.hookimpl
+        def torchinvariance_register_groups(register):
+            register("rotation", ti.Rotation)
+
+    _fake_distributions(monkeypatch, [_FakeDist("dup-plugin", [_FakeEntryPoint("dup", Dup)])])
+    reg = GroupRegistry(autoload=True)
+    with pytest.warns(
+        RuntimeWarning, match=r"dup-plugin:dup.*already registered by 'torchinvariance \(built-in\)'"
+    ):
+        assert "rotation" in reg.list_groups()
+    assert reg.provider("rotation") == "torchinvariance (built-in)"
+
+
+def test_autoload_env_var(monkeypatch):
+    _fake_distributions(monkeypatch, [_FakeDist("reverse-plugin", [_FakeEntryPoint("rev", _PluginModule)])])
+    monkeypatch.setenv("TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "reverse1d" not in GroupRegistry().list_groups()
+    monkeypatch.setenv("TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD", "0")
+    assert "reverse1d" in GroupRegistry().list_groups()
+
+
+def test_plugins_loaded_once(monkeypatch):
+    calls = []
+
+    def dists():
+        calls.append(1)
+        return iter([])
+
+    monkeypatch.setattr(importlib.metadata, "distributions", dists)
+    reg = GroupRegistry(autoload=True)
+    reg.list_groups()
+    reg.get("rotation")
+    reg.list_groups()
+    assert len(calls) == 1
+
+
+def test_installed_example_plugin():
+    """The real plugin package in plugins/ (installed by .ci/run) provides its groups."""
+    import torchinvariance_signal  # noqa: F401  (installed by .ci/run: pip install ./plugins/torchinvariance-signal)
+
+    code = (
+        "import warnings, torch, torchinvariance as ti\n"
+        "warnings.simplefilter('error')\n"
+        "g = ti.get_group('time_reversal')\n"
+        "print(ti.registry._default_registry.provider('time_reversal'))\n"
+        "print(g.act(1, torch.arange(4.)).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "torchinvariance-signal" in out
+    assert "[3.0, 2.0, 1.0, 0.0]" in out
+
+
+def test_no_warnings_on_plain_import():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GroupRegistry().list_groups()

@@ -1,0 +1,187 @@
+"""The :class:`Group` base class: a finite group acting on tensors.
+
+This layer knows nothing about models, losses or metrics.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["CyclicGroup", "Group"]
+
+
+class Group(abc.ABC):
+    r"""A finite group acting on tensors shaped ``(..., H, W)`` (or ``(..., T)``).
+
+    Elements are the integers ``0 .. order - 1``; ``0`` is the identity. A
+    subclass provides the Cayley table through :meth:`compose` and
+    :meth:`inverse` and the action through :meth:`_act`. The action is a left
+    action: acting with ``compose(g, h)`` equals acting with ``h``, then ``g``:
+
+    .. math::
+        (g h) \cdot x = g \cdot (h \cdot x), \qquad e \cdot x = x .
+
+    Attributes:
+        name: registry name of the group.
+        exact: ``True`` when the action permutes pixels exactly (no
+            interpolation), so that the axioms hold bit for bit.
+        event_ndim: number of trailing dimensions the group acts on.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> g = ti.get_group("rotation", order=4)
+        >>> x = torch.arange(4.0).reshape(1, 2, 2)
+        >>> g.orbit(x).shape
+        torch.Size([4, 1, 2, 2])
+        >>> torch.equal(g.act(g.compose(1, 3), x), x)
+        True
+    """
+
+    name: str = "group"
+    exact: bool = True
+    event_ndim: int = 2
+
+    # ------------------------------------------------------------------ algebra
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """Number of elements of the group."""
+
+    @abc.abstractmethod
+    def compose(self, g: int, h: int) -> int:
+        """The product ``g h`` (act with ``h`` first, then ``g``)."""
+
+    @abc.abstractmethod
+    def inverse(self, g: int) -> int:
+        """The inverse element ``g^{-1}``."""
+
+    @property
+    def identity(self) -> int:
+        """The identity element (always ``0``)."""
+        return 0
+
+    def elements(self) -> tuple[int, ...]:
+        """All elements, identity first."""
+        return tuple(range(self.order))
+
+    def element_name(self, g: int) -> str:
+        """A human-readable name of element ``g`` (used in reports and errors)."""
+        return f"g{self._check_element(g)}"
+
+    def sample(self, k: int, generator: torch.Generator | None = None) -> list[int]:
+        """Draw ``k`` elements uniformly at random (with replacement).
+
+        Args:
+            k: number of elements, ``k >= 0``.
+            generator: optional :class:`torch.Generator` for reproducibility.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"sample() expects a non-negative int k, got {k!r}")
+        return torch.randint(self.order, (k,), generator=generator).tolist()
+
+    # ------------------------------------------------------------------ action
+    @abc.abstractmethod
+    def _act(self, g: int, x: Tensor) -> Tensor:
+        """Act with element ``g`` on ``x`` (already validated)."""
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`ValueError` if the group cannot act on ``x``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{self!r} acts on torch.Tensor, got {type(x).__name__}")
+        if x.dim() < self.event_ndim:
+            raise ValueError(
+                f"{self!r} acts on the last {self.event_ndim} dimensions, so it needs "
+                f"a tensor with at least {self.event_ndim} dims; got shape {tuple(x.shape)}"
+            )
+
+    def act(self, g: int, x: Tensor) -> Tensor:
+        """Act with ``g`` on ``x``; differentiable, device- and dtype-preserving."""
+        g = self._check_element(g)
+        self.check_input(x)
+        return self._act(g, x)
+
+    def act_per_sample(self, gs: Sequence[int] | Tensor, x: Tensor) -> Tensor:
+        """Act with a different element on each sample along dim 0.
+
+        Args:
+            gs: ``len(x)`` elements, one per sample.
+            x: batch of shape ``(B, ...)``.
+
+        Returns:
+            tensor of ``x``'s shape with ``out[i] = act(gs[i], x[i])``.
+        """
+        self.check_input(x)
+        gs_t = torch.as_tensor(gs, dtype=torch.long, device=x.device).reshape(-1)
+        if gs_t.numel() != x.shape[0]:
+            raise ValueError(
+                f"act_per_sample needs one element per sample: got {gs_t.numel()} "
+                f"elements for a batch of {x.shape[0]}"
+            )
+        out = torch.empty_like(x)
+        for g in torch.unique(gs_t).tolist():
+            idx = (gs_t == g).nonzero().squeeze(1)
+            out[idx] = self._act(self._check_element(g), x[idx])
+        return out
+
+    def orbit(self, x: Tensor, elements: Sequence[int] | None = None) -> Tensor:
+        """All transforms of ``x`` stacked in one tensor.
+
+        Args:
+            x: input tensor.
+            elements: the elements to use, default all (identity first).
+
+        Returns:
+            tensor of shape ``(len(elements), *x.shape)``.
+        """
+        self.check_input(x)
+        els = self.elements() if elements is None else [self._check_element(g) for g in elements]
+        if len(els) == 0:
+            return x.new_empty((0, *x.shape))
+        return torch.stack([self._act(g, x) for g in els])
+
+    # ------------------------------------------------------------------ helpers
+    def _check_element(self, g: int) -> int:
+        if isinstance(g, Tensor) and g.numel() == 1:
+            g = int(g.item())
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < self.order:
+            raise ValueError(f"{self!r} has elements 0..{self.order - 1}; got {g!r}")
+        return g
+
+    def cayley_table(self) -> list[list[int]]:
+        """The multiplication table ``table[g][h] = compose(g, h)``."""
+        return [[self.compose(g, h) for h in self.elements()] for g in self.elements()]
+
+    def __len__(self) -> int:
+        return self.order
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CyclicGroup(Group):
+    """A cyclic group ``Z_n``: element ``k`` is the generator applied ``k`` times.
+
+    Subclasses implement :meth:`_act`.
+    """
+
+    def __init__(self, order: int) -> None:
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ValueError(f"order must be a positive int, got {order!r}")
+        self._order = order
+
+    @property
+    def order(self) -> int:
+        return self._order
+
+    def compose(self, g: int, h: int) -> int:
+        return (self._check_element(g) + self._check_element(h)) % self._order
+
+    def inverse(self, g: int) -> int:
+        return (-self._check_element(g)) % self._order
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(order={self._order})"

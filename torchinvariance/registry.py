@@ -1,0 +1,247 @@
+"""The group registry: built-in groups and groups from pluggy plugins.
+
+Plugins are third-party packages that declare an entry point in the group
+``torchinvariance``::
+
+    [project.entry-points.torchinvariance]
+    my_groups = "my_package.groups"
+
+The module ``my_package.groups`` implements the hook
+:func:`torchinvariance_register_groups` with :data:`torchinvariance.hookimpl`.
+Entry points are loaded once, lazily, on the first use of the registry; set
+``TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD=1`` to turn autoloading off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import inspect
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from torchinvariance import _builtin_groups, _hooks
+from torchinvariance.groups import Group
+
+__all__ = [
+    "DISABLE_AUTOLOAD_ENV",
+    "GroupRegistry",
+    "get_group",
+    "list_groups",
+    "register_group",
+]
+
+DISABLE_AUTOLOAD_ENV = "TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_PROVIDER = "torchinvariance (built-in)"
+
+
+class GroupRegistry:
+    """Maps group names to factories; fed by pluggy plugins.
+
+    Args:
+        autoload: load entry points of the ``torchinvariance`` group. ``None``
+            (default) loads them unless the environment variable
+            ``TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD`` is set to ``1``/``true``.
+
+    Example:
+        >>> from torchinvariance.registry import GroupRegistry
+        >>> reg = GroupRegistry(autoload=False)
+        >>> "rotation" in reg.list_groups()
+        True
+        >>> reg.get("rotation", order=2)
+        Rotation(order=2)
+    """
+
+    def __init__(self, autoload: bool | None = None) -> None:
+        self._autoload = autoload
+        self._factories: dict[str, tuple[Callable[..., Group], str]] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+        self.plugin_manager = pluggy.PluginManager(_hooks.PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(_hooks)
+
+    # ----------------------------------------------------------------- loading
+    def _autoload_enabled(self) -> bool:
+        if self._autoload is not None:
+            return self._autoload
+        return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True  # set first: a plugin may use the registry itself
+            self.plugin_manager.register(_builtin_groups, name=BUILTIN_PROVIDER)
+            if self._autoload_enabled():
+                self._load_entry_points()
+            for impl in self.plugin_manager.hook.torchinvariance_register_groups.get_hookimpls():
+                self._call_plugin(impl.plugin_name, impl.function)
+
+    def _load_entry_points(self) -> None:
+        seen: set[str] = set()
+        for dist in importlib.metadata.distributions():
+            for ep in dist.entry_points:
+                if ep.group != _hooks.PROJECT_NAME:
+                    continue
+                dist_name = dist.metadata["name"] or "?"
+                provider = f"{dist_name}:{ep.name}"
+                if provider in seen or self.plugin_manager.has_plugin(provider):
+                    continue
+                seen.add(provider)
+                try:
+                    plugin = ep.load()
+                    self.plugin_manager.register(plugin, name=provider)
+                except Exception as exc:
+                    warnings.warn(
+                        f"torchinvariance plugin {provider!r} (entry point {ep.value!r}) "
+                        f"failed to load and was skipped: {type(exc).__name__}: {exc}",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+
+    def _call_plugin(self, provider: str, hook: Callable[..., None]) -> None:
+        def register(name: str, factory: Callable[..., Group]) -> None:
+            self._add(name, factory, provider)
+
+        try:
+            hook(register=register)
+        except Exception as exc:
+            warnings.warn(
+                f"torchinvariance plugin {provider!r} raised while registering groups "
+                f"and was skipped: {type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _add(self, name: str, factory: Callable[..., Group], provider: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"group names are non-empty strings, got {name!r}")
+        if not callable(factory):
+            raise TypeError(f"factory for group {name!r} must be callable, got {factory!r}")
+        with self._lock:
+            if name in self._factories:
+                other = self._factories[name][1]
+                raise ValueError(
+                    f"group {name!r} is already registered by {other!r}; "
+                    f"{provider!r} tried to register it again. Pick another name."
+                )
+            self._factories[name] = (factory, provider)
+
+    # -------------------------------------------------------------- public API
+    def register(self, name: str, factory: Callable[..., Group], *, provider: str = "user") -> None:
+        """Register ``factory`` under ``name``; duplicates raise :class:`ValueError`."""
+        self._ensure_loaded()
+        self._add(name, factory, provider)
+
+    def unregister(self, name: str) -> None:
+        """Remove a registered group (mainly for tests)."""
+        self._ensure_loaded()
+        with self._lock:
+            self._factories.pop(name)
+
+    def list_groups(self) -> list[str]:
+        """Sorted names of all registered groups."""
+        self._ensure_loaded()
+        return sorted(self._factories)
+
+    def provider(self, name: str) -> str:
+        """Which plugin registered ``name``."""
+        return self._lookup(name)[1]
+
+    def _lookup(self, name: str) -> tuple[Callable[..., Group], str]:
+        self._ensure_loaded()
+        try:
+            return self._factories[name]
+        except KeyError:
+            names = sorted(self._factories)
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"unknown group {name!r}; available groups: {names}{hint}") from None
+
+    def get(self, name: str, **params: Any) -> Group:
+        """Build the group ``name`` with ``params``.
+
+        Raises:
+            KeyError: unknown name (the message lists the available names and the
+                closest match).
+            ValueError: parameters the factory does not accept or rejects.
+        """
+        factory, provider = self._lookup(name)
+        try:
+            sig = inspect.signature(factory)
+        except (TypeError, ValueError):
+            sig = None
+        if sig is not None:
+            try:
+                sig.bind(**params)
+            except TypeError as exc:
+                allowed = [p for p in sig.parameters if p != "self"]
+                raise ValueError(
+                    f"group {name!r} ({provider}) accepts parameters {allowed}; got {params}: {exc}"
+                ) from None
+        group = factory(**params)
+        if not isinstance(group, Group):
+            raise TypeError(
+                f"factory of group {name!r} ({provider}) returned {type(group).__name__}, "
+                "expected a torchinvariance.groups.Group"
+            )
+        return group
+
+
+_default_registry = GroupRegistry()
+
+
+def get_group(name: str, **params: Any) -> Group:
+    """Build a registered group by name.
+
+    Args:
+        name: registry name, e.g. ``"rotation"``, ``"translation"``, ``"flip"``,
+            ``"dihedral"`` or one added by a plugin.
+        **params: passed to the group's factory (e.g. ``order=4``).
+
+    Returns:
+        The :class:`~torchinvariance.groups.Group`.
+
+    Raises:
+        KeyError: unknown name, listing the available ones and the closest match.
+        ValueError: parameters that the group does not allow.
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> ti.get_group("translation", order=3, axis="x")
+        Translation(order=3, axis='x')
+    """
+    return _default_registry.get(name, **params)
+
+
+def list_groups() -> list[str]:
+    """Sorted names of all registered groups (built-in and from plugins).
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> {"dihedral", "flip", "rotation", "translation"} <= set(ti.list_groups())
+        True
+    """
+    return _default_registry.list_groups()
+
+
+def register_group(name: str, factory: Callable[..., Group]) -> None:
+    """Register a group factory at run time (``factory(**params) -> Group``).
+
+    Raises:
+        ValueError: ``name`` is already registered (the message names both providers).
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> ti.register_group("quarter_turns", lambda: ti.groups.Rotation(4))
+        >>> ti.get_group("quarter_turns").order
+        4
+    """
+    _default_registry.register(name, factory)
