@@ -1,0 +1,1 @@
+"""Benchmarks of torchinvariance: the paper reproduction and the speed measurements."""

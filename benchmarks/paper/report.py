@@ -1,0 +1,170 @@
+"""Table 1 (Markdown, beside the paper's numbers) and the PASS/FAIL checks of the paper's claims."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from benchmarks.paper.train import GROUP_LABELS
+
+# Table 1 of the paper (Transforming-MNIST), for side-by-side display only: (mean, std).
+PAPER_TABLE1 = {
+    "rotation": {
+        "WT": {"acc": (94.6, 0.1), "li": (0.00, 0.0), "di": (0.0, 0.0), "si": (1.00, 0.00)},
+        "DA": {"acc": (94.0, 0.5), "li": (98.6, 5.4), "di": (0.3, 0.1), "si": (0.17, 0.04)},
+        "IR": {"acc": (87.9, 0.8), "li": (0.02, 0.0), "di": (0.0, 0.0), "si": (0.95, 0.03)},
+    },
+    "translation": {
+        "WT": {"acc": (96.6, 0.1), "li": (0.0, 0.0), "di": (0.0, 0.0), "si": (1.00, 0.0)},
+        "DA": {"acc": (96.2, 0.2), "li": (50.8, 6.8), "di": (0.1, 0.0), "si": (0.57, 0.08)},
+        "IR": {"acc": (93.1, 0.1), "li": (0.01, 0.0), "di": (0.0, 0.0), "si": (0.95, 0.07)},
+    },
+}
+TABLE_MODELS = {"WT": "WT", "WT-escnn": "WT (escnn)", "DA": "DA", "IR-l2": "IR"}
+
+
+def run_numbers(metrics: dict) -> dict[str, float]:
+    """The Table 1 numbers of one run."""
+    inv = metrics["eval"]["invariance"]
+    return {
+        "acc": metrics["eval"]["test_acc"],
+        "li": inv["li"]["mean"],
+        "di": inv["di"]["mean"],
+        "si": metrics["eval"]["saliency"]["si"]["mean"],
+        "sigma_max": metrics["eval"]["sigma_max"]["mean"],
+    }
+
+
+def aggregate(runs: dict[str, dict]) -> dict:
+    """Mean and std over seeds: ``out[group][model][metric] = {"mean", "std", "n"}``."""
+    groups: dict = {}
+    for metrics in runs.values():
+        spec = metrics["spec"]
+        if spec["dataset"] != "mnist":
+            continue
+        cell = groups.setdefault(spec["group"], {}).setdefault(spec["model"], {})
+        for k, v in run_numbers(metrics).items():
+            cell.setdefault(k, []).append(v)
+    out: dict = {}
+    for g, models in groups.items():
+        for m, cell in models.items():
+            out.setdefault(g, {})[m] = {
+                k: {
+                    "mean": statistics.fmean(v),
+                    "std": statistics.pstdev(v) if len(v) > 1 else 0.0,
+                    "n": len(v),
+                }
+                for k, v in cell.items()
+            }
+    return out
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _li_fmt(mean: float, std: float) -> str:
+    return _fmt(mean, std, 2) if abs(mean) >= 0.01 or mean == 0 else f"{mean:.1e} ± {std:.1e}"
+
+
+def table1(agg: dict) -> str:
+    """Markdown Table 1: measured numbers with the paper's beside them."""
+    lines = [
+        "| Group | Model | Acc. (%) | paper | LI ↓ | paper | DI ↓ | paper | SI ↑ | paper | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in ("rotation", "translation"):
+        for m, label in TABLE_MODELS.items():
+            cell = agg.get(g, {}).get(m)
+            if cell is None:
+                continue
+            paper = PAPER_TABLE1[g].get(label.split(" ")[0], {})
+
+            def p(key: str, digits: int, paper: dict = paper) -> str:
+                return _fmt(*paper[key], digits) if key in paper else "–"
+
+            lines.append(
+                f"| {GROUP_LABELS[g]} | {label} "
+                f"| {_fmt(cell['acc']['mean'], cell['acc']['std'], 1)} | {p('acc', 1)} "
+                f"| {_li_fmt(cell['li']['mean'], cell['li']['std'])} | {p('li', 2)} "
+                f"| {_fmt(cell['di']['mean'], cell['di']['std'], 3)} | {p('di', 1)} "
+                f"| {_fmt(cell['si']['mean'], cell['si']['std'], 2)} | {p('si', 2)} "
+                f"| {cell['acc']['n']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def spectral_table(agg: dict) -> str:
+    """Markdown table behind Figure 5: sigma_max of the input Jacobian per model."""
+    models = ["DA", "IR-kl", "IR-l2", "IR-normalized_l2"]
+    lines = ["| Group | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for g in ("rotation", "translation"):
+        cells = []
+        for m in models:
+            c = agg.get(g, {}).get(m)
+            cells.append(_fmt(c["sigma_max"]["mean"], c["sigma_max"]["std"], 2) if c else "–")
+        lines.append(f"| {GROUP_LABELS[g]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _get(agg: dict, g: str, m: str, k: str) -> float:
+    try:
+        return agg[g][m][k]["mean"]
+    except KeyError:
+        return math.nan
+
+
+def check_claims(agg: dict, drift: dict) -> list[dict]:
+    """PASS/FAIL for each of the paper's claims, computed from the measured numbers only.
+
+    Thresholds (fixed before looking at results): "LI ≈ 0" is LI < 1e-3, "SI ≈ 1" is SI ≥ 0.99,
+    "orders of magnitude" is a ratio ≥ 100, "accuracy stays high" is within 3 points of WT,
+    "DI rises sharply / stays low" compares DI at the largest drift: DA's ≥ 10× both WT's and IR's.
+    """
+    claims = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        claims.append({"claim": name, "status": "PASS" if ok else "FAIL", "detail": detail})
+
+    for g in ("rotation", "translation"):
+        lab = GROUP_LABELS[g]
+        li, si = _get(agg, g, "WT", "li"), _get(agg, g, "WT", "si")
+        add(f"{lab}: WT has LI ≈ 0 and SI ≈ 1", li < 1e-3 and si >= 0.99, f"WT LI={li:.2e}, SI={si:.4f}")
+        li_da, li_ir = _get(agg, g, "DA", "li"), _get(agg, g, "IR-l2", "li")
+        acc_da, acc_wt = _get(agg, g, "DA", "acc"), _get(agg, g, "WT", "acc")
+        ratio = li_da / li_ir if li_ir > 0 else math.inf
+        add(
+            f"{lab}: DA's LI is orders of magnitude above IR's while DA's accuracy stays high",
+            ratio >= 100 and acc_da >= acc_wt - 3.0,
+            f"LI DA/IR = {li_da:.3g}/{li_ir:.3g} = {ratio:.3g}x; acc DA={acc_da:.1f}% vs WT={acc_wt:.1f}%",
+        )
+        si_ir, si_da = _get(agg, g, "IR-l2", "si"), _get(agg, g, "DA", "si")
+        add(
+            f"{lab}: IR's SI ≥ 0.95 and above DA's",
+            si_ir >= 0.95 and si_ir > si_da,
+            f"SI IR={si_ir:.3f}, DA={si_da:.3f}",
+        )
+        curves = drift.get(g, {})
+        if all(m in curves for m in ("DA", "WT", "IR-l2")):
+            last = {m: curves[m][-1]["di"] for m in ("DA", "WT", "IR-l2")}
+            first = curves["DA"][0]["di"]
+            ok = last["DA"] >= 10 * max(last["WT"], last["IR-l2"], 1e-12) and last["DA"] > first
+            add(
+                f"{lab}: under drift DA's DI rises sharply while WT and IR stay low",
+                ok,
+                f"DI at beta=0: DA={first:.3g}; at beta=1: DA={last['DA']:.3g}, WT={last['WT']:.3g}, "
+                f"IR={last['IR-l2']:.3g}",
+            )
+        sig_da = _get(agg, g, "DA", "sigma_max")
+        sig = {m: _get(agg, g, m, "sigma_max") for m in ("IR-kl", "IR-l2", "IR-normalized_l2")}
+        add(
+            f"{lab}: every regularizer form lowers sigma_max below DA's",
+            all(v < sig_da for v in sig.values()),
+            f"sigma_max DA={sig_da:.3g}; " + ", ".join(f"{k}={v:.3g}" for k, v in sig.items()),
+        )
+    return claims
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    """The claims as a Markdown list."""
+    return "".join(f"- **{c['status']}** {c['claim']}: {c['detail']}\n" for c in claims)
