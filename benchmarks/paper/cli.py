@@ -76,15 +76,11 @@ def load_nu(path: Path, profile: Profile) -> tuple[dict, str]:
         )
     cfg = read_json(path)
     if cfg.get("format_version") != NU_FORMAT:
-        raise SystemExit(
-            f"error: {path} has format_version {cfg.get('format_version')!r}, expected {NU_FORMAT}"
-        )
+        raise SystemExit(f"error: {path} has format_version {cfg.get('format_version')!r}, expected {NU_FORMAT}")
     tuned = cfg.get("profiles", {})
     for name in (profile.name, "full", "quick", "smoke"):
         if name in tuned:
-            note = (
-                "" if name == profile.name else f" (no values tuned for {profile.name!r}; using {name!r}'s)"
-            )
+            note = "" if name == profile.name else f" (no values tuned for {profile.name!r}; using {name!r}'s)"
             return tuned[name]["values"], f"{path} [{name}]{note}"
     raise SystemExit(f"error: {path} has no tuned values; run the tune sub-command")
 
@@ -273,19 +269,14 @@ def main_run(args: argparse.Namespace) -> int:
         log('escnn is not installed: the WT (escnn) row is skipped (pip install "torchinvariance[escnn]")')
     specs = plan(profile, args.groups, nu, escnn, args.seed)
     pending = [
-        s
-        for s in specs
-        if args.force or not (Path(args.results_dir) / "runs" / s.key / "metrics.json").exists()
+        s for s in specs if args.force or not (Path(args.results_dir) / "runs" / s.key / "metrics.json").exists()
     ]
     est = estimate_minutes(profile, pending, device, datasets[("mnist", args.groups[0])])
     log(f"{len(specs)} runs, {len(pending)} to do; estimated {est:.1f} min on this machine ({device})")
 
     fm_images, fm_labels = datasets["fmnist_test"]
     drift_sets = {
-        g: {
-            b: D.drifted_test(datasets[("mnist", g)], fm_images, fm_labels, b, n=profile.drift_n)
-            for b in BETAS
-        }
+        g: {b: D.drifted_test(datasets[("mnist", g)], fm_images, fm_labels, b, n=profile.drift_n) for b in BETAS}
         for g in args.groups
     }
     runs = {}
@@ -386,12 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nu-config",
         default=None,
-        help=f"tuned nu values (default: {NU_CONFIG.relative_to(Path.cwd()) if NU_CONFIG.is_relative_to(Path.cwd()) else NU_CONFIG})",
+        help="tuned nu values (default: benchmarks/paper/nu.json)",
     )
     p.add_argument("--groups", nargs="+", default=list(GROUPS), help="subset of: rotation translation")
-    p.add_argument(
-        "--seed", type=int, default=0, help="global seed (runs use their own seeds from the profile)"
-    )
+    p.add_argument("--seed", type=int, default=0, help="global seed (runs use their own seeds from the profile)")
     p.add_argument("--force", action="store_true", help="recompute finished runs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

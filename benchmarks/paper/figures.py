@@ -54,9 +54,7 @@ def figure3(models: dict[str, nn.Module], group: ti.Group, x: Tensor, path: Path
     """Saliency maps over the orbit (re-aligned) for DA vs IR: rows = samples, columns = group elements."""
     names = [m for m in ("DA", "IR-l2") if m in models]
     b, n = x.shape[0], group.order
-    fig, axes = plt.subplots(
-        b * len(names), n + 1, figsize=(1.6 * (n + 1), 1.6 * b * len(names)), squeeze=False
-    )
+    fig, axes = plt.subplots(b * len(names), n + 1, figsize=(1.6 * (n + 1), 1.6 * b * len(names)), squeeze=False)
     for mi, name in enumerate(names):
         images, maps = realigned_saliency(models[name], group, x)
         for s in range(b):
@@ -88,9 +86,7 @@ def figure4(drift: dict, path: Path) -> None:
             betas = [p["beta"] for p in curve]
             st = MODEL_STYLE[m]
             ax.plot(betas, [p["di"] for p in curve], "-o", ms=3, color=st["color"], label=f"{st['label']} DI")
-            ax2.plot(
-                betas, [p["acc_ratio"] for p in curve], "--", color=st["color"], label=f"{st['label']} acc"
-            )
+            ax2.plot(betas, [p["acc_ratio"] for p in curve], "--", color=st["color"], label=f"{st['label']} acc")
         ax.set_xlabel(r"drift $\beta$  (MNIST $\rightarrow$ FMNIST)")
         ax.set_ylabel("DI (KL)")
         ax2.set_ylabel(r"Acc$(D(\beta))$ / Acc$(D(0))$")
@@ -127,9 +123,7 @@ def figure5(agg: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def figure2(
-    models: dict[str, nn.Module], group: ti.Group, x: Tensor, y: Tensor, path: Path, seed: int
-) -> None:
+def figure2(models: dict[str, nn.Module], group: ti.Group, x: Tensor, y: Tensor, path: Path, seed: int) -> None:
     """t-SNE of the penultimate layer over orbits, DA vs IR; lines join the orbit of a few samples."""
     from sklearn.manifold import TSNE
 
@@ -139,9 +133,9 @@ def figure2(
     for ax, name in zip(axes[0], names):
         with torch.no_grad():
             feats = models[name].features(group.orbit(x).reshape(n * b, *x.shape[1:])).cpu()
-        emb = TSNE(
-            n_components=2, init="pca", random_state=seed, perplexity=min(30, n * b // 4)
-        ).fit_transform(feats.numpy())
+        emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, n * b // 4)).fit_transform(
+            feats.numpy()
+        )
         emb = torch.as_tensor(emb).reshape(n, b, 2)
         labels = y.repeat(n).cpu()
         ax.scatter(emb[..., 0].reshape(-1), emb[..., 1].reshape(-1), c=labels, cmap="tab10", s=6)

@@ -140,9 +140,7 @@ def train(
         bar.set_postfix(loss=f"{tot_loss / steps:.3f}", val=f"{val_acc:.1f}", best=f"{best_acc:.1f}")
     bar.close()
     assert best_state is not None
-    history.update(
-        best_val_acc=best_acc, best_epoch=best_epoch, seconds=time.perf_counter() - started, epochs=epochs
-    )
+    history.update(best_val_acc=best_acc, best_epoch=best_epoch, seconds=time.perf_counter() - started, epochs=epochs)
     return best_state, history
 
 
