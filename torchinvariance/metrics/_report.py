@@ -1,0 +1,301 @@
+r"""Evaluate accuracy and the invariance metrics of a model over a whole data loader."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from torchinvariance.groups import Group
+from torchinvariance.losses import kl_divergence, l2_divergence
+from torchinvariance.metrics._classes import (
+    DistributionInvariance,
+    LogitInvariance,
+    SaliencyInvariance,
+    _OrbitAccumulator,
+)
+from torchinvariance.metrics._functional import (
+    _check_group,
+    _check_logits,
+    _check_model,
+    _divergence_terms,
+    _orbit_outputs,
+)
+
+__all__ = ["InvarianceReport", "evaluate_invariance"]
+
+MetricName = Literal["accuracy", "di", "li", "si"]
+METRICS = ("accuracy", "di", "li", "si")
+_SALIENCY_OPTIONS = ("n_steps", "threshold", "kernel_size", "sigma", "internal_batch_size", "padding")
+_LABELS = {"accuracy": "accuracy", "di": "DI", "li": "LI", "si": "SI"}
+
+
+@dataclass(frozen=True)
+class InvarianceReport:
+    r"""Accuracy and invariance metrics of a model on every element of a group orbit.
+
+    Built by :func:`evaluate_invariance`. ``results`` maps each requested
+    metric to ``{"mean", "std", "per_element"}`` (accuracy has no ``"std"``):
+
+    .. math::
+        \text{per\_element}_g = \frac1N \sum_{b=1}^N d_g(x_b), \qquad
+        \text{mean} = \frac1n \sum_{g} \text{per\_element}_g, \qquad
+        \text{std} = \operatorname{std}_b \Big(\frac1n \sum_g d_g(x_b)\Big)
+
+    where :math:`d_g(x_b)` is the metric's term for element :math:`g` and
+    sample :math:`x_b` (for accuracy: :math:`[\arg\max f(g x_b) = y_b]`); the
+    std is over samples (ddof=0).
+
+    Attributes:
+        group: ``repr`` of the group.
+        n_samples: number of samples evaluated.
+        elements: names of the group elements, identity first.
+        results: ``{metric: {"mean": float, "std": float, "per_element": [float]}}``.
+
+    Example:
+        >>> from torchinvariance import InvarianceReport
+        >>> r = InvarianceReport("Flip(axis='x')", 10, ["id", "flipx"],
+        ...                      {"li": {"mean": 0.5, "std": 0.1, "per_element": [0.0, 1.0]}})
+        >>> r.to_dict()["li"]["per_element"]
+        [0.0, 1.0]
+        >>> print(r)  # doctest: +NORMALIZE_WHITESPACE
+        Invariance report: Flip(axis='x'), 10 samples
+        element        LI
+        id              0
+        flipx           1
+        mean          0.5
+        std           0.1
+    """
+
+    group: str
+    n_samples: int
+    elements: list[str]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: ``{"group", "n_samples", "elements", <metric>: {...}, ...}``."""
+        out: dict[str, Any] = {
+            "group": str(self.group),
+            "n_samples": int(self.n_samples),
+            "elements": [str(e) for e in self.elements],
+        }
+        for name, res in self.results.items():
+            entry: dict[str, Any] = {"mean": float(res["mean"])}
+            if "std" in res:
+                entry["std"] = float(res["std"])
+            entry["per_element"] = [float(v) for v in res["per_element"]]
+            out[name] = entry
+        return out
+
+    def __str__(self) -> str:
+        names = list(self.results)
+        width = max([7, *(len(e) for e in self.elements)]) + 2
+
+        def cell(name: str, value: float | None) -> str:
+            if value is None:
+                return f"{'-':>10}"
+            return f"{value:>10.4f}" if name == "accuracy" else f"{value:>10.4g}"
+
+        lines = [
+            f"Invariance report: {self.group}, {self.n_samples} samples",
+            "element".ljust(width) + "".join(f"{_LABELS.get(n, n):>10}" for n in names),
+        ]
+        for i, e in enumerate(self.elements):
+            lines.append(e.ljust(width) + "".join(cell(n, self.results[n]["per_element"][i]) for n in names))
+        lines.append("mean".ljust(width) + "".join(cell(n, self.results[n]["mean"]) for n in names))
+        if any("std" in self.results[n] for n in names):
+            lines.append("std".ljust(width) + "".join(cell(n, self.results[n].get("std")) for n in names))
+        return "\n".join(lines)
+
+
+class _OrbitAccuracy(_OrbitAccumulator):
+    """Fraction of correct predictions per orbit element (terms are 0/1)."""
+
+
+def _check_metrics(metrics: Sequence[str]) -> list[str]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = list(metrics)
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics must be a non-empty selection without repeats of {METRICS}; got {metrics!r}")
+    return metrics
+
+
+def _model_device(model: Callable[[Tensor], Tensor]) -> torch.device:
+    if isinstance(model, nn.Module):
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 1 and isinstance(batch[0], Tensor):
+        y = batch[1] if len(batch) >= 2 else None
+        if y is not None and not isinstance(y, Tensor):
+            y = torch.as_tensor(y)
+        return batch[0], y
+    raise TypeError(
+        "the loader must yield (x, y) tuples/lists or bare x tensors; got "
+        f"{type(batch).__name__}{'' if not isinstance(batch, (tuple, list)) else f' of length {len(batch)}'}"
+    )
+
+
+def evaluate_invariance(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    loader: Iterable[Any],
+    metrics: Sequence[MetricName] = ("accuracy", "di", "li", "si"),
+    device: str | torch.device | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    **saliency_kwargs: Any,
+) -> InvarianceReport:
+    r"""Accuracy and invariance metrics of ``model`` under ``group`` over a data loader.
+
+    For every group element :math:`g` and sample :math:`(x_b, y_b)`:
+
+    - ``"accuracy"``: :math:`[\arg\max f(g x_b) = y_b]` (needs labels);
+    - ``"di"``: :math:`D_{KL}(\mathrm{softmax} f(x_b) \| \mathrm{softmax} f(g x_b))`
+      (:func:`~torchinvariance.distribution_invariance`);
+    - ``"li"``: :math:`\tfrac12 \lVert f(x_b) - f(g x_b) \rVert_2^2`
+      (:func:`~torchinvariance.logit_invariance`);
+    - ``"si"``: cosine similarity of :math:`m_f(x_b)` and
+      :math:`g^{-1} m_f(g x_b)` (:func:`~torchinvariance.saliency_invariance`).
+
+    Each is reported per group element (mean over samples), as the mean over
+    elements (identity included, the same convention as
+    ``reduction="mean"``) and, except accuracy, as the std over samples of
+    the per-sample orbit average (see :class:`InvarianceReport`). Accuracy,
+    DI and LI share one batched forward of the orbit per batch. The model is
+    put in ``eval()`` mode for the evaluation and restored afterwards. The
+    accumulators are those of :class:`DistributionInvariance` & co., so with
+    a distributed sampler every rank gets the metrics of the whole dataset.
+
+    Args:
+        model: classifier returning logits ``(N, C)``.
+        group: the finite group.
+        loader: iterable of ``(x, y)`` tuples/lists or bare ``x`` tensors (then
+            ``"accuracy"`` cannot be requested).
+        metrics: any non-empty selection of ``("accuracy", "di", "li", "si")``.
+        device: where to run; ``None`` means the model's device (its first
+            parameter or buffer; CPU for a model without any).
+        max_batches: stop after this many batches (``None``: the whole loader).
+        progress: show a ``tqdm`` progress bar.
+        **saliency_kwargs: options of :func:`~torchinvariance.saliency_invariance`
+            (``n_steps``, ``threshold``, ``kernel_size``, ``sigma``,
+            ``internal_batch_size``, ``padding``).
+
+    Returns:
+        The :class:`InvarianceReport`.
+
+    Raises:
+        ValueError: unknown metric names, an empty loader, ``"accuracy"``
+            without labels, a group that cannot act on the inputs, non-finite
+            model outputs.
+        TypeError: unknown saliency options or batches of the wrong type.
+
+    Example:
+        >>> import json, torch, torchinvariance as ti
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+        >>> data = [(torch.randn(4, 1, 6, 6), torch.randint(3, (4,))) for _ in range(2)]
+        >>> report = ti.evaluate_invariance(model, ti.get_group("rotation", order=4), data,
+        ...                                 progress=False, n_steps=8)
+        >>> report.n_samples, report.elements
+        (8, ['rot0', 'rot90', 'rot180', 'rot270'])
+        >>> sorted(json.loads(json.dumps(report.to_dict())))
+        ['accuracy', 'di', 'elements', 'group', 'li', 'n_samples', 'si']
+    """
+    _check_model(model)
+    _check_group(group)
+    names = _check_metrics(metrics)
+    unknown = sorted(set(saliency_kwargs) - set(_SALIENCY_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown saliency options {unknown}; expected some of {_SALIENCY_OPTIONS}")
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    dev = _model_device(model) if device is None else torch.device(device)
+
+    acc: dict[str, _OrbitAccumulator] = {}
+    if "accuracy" in names:
+        acc["accuracy"] = _OrbitAccuracy(group.order)
+    if "di" in names:
+        acc["di"] = DistributionInvariance(model, group)
+    if "li" in names:
+        acc["li"] = LogitInvariance(model, group)
+    si = SaliencyInvariance(model, group, **saliency_kwargs) if "si" in names else None
+    needs_logits = any(n in acc for n in ("accuracy", "di", "li"))
+
+    total = None
+    if hasattr(loader, "__len__"):
+        total = len(loader)  # type: ignore[arg-type]
+        if max_batches is not None:
+            total = min(total, max_batches)
+    batches = loader if max_batches is None else itertools.islice(loader, max_batches)
+
+    was_training = model.training if isinstance(model, nn.Module) else None
+    if isinstance(model, nn.Module):
+        model.eval()
+    n_batches = 0
+    try:
+        for batch in tqdm(batches, total=total, disable=not progress, desc=f"invariance {group!r}"):
+            x, y = _split_batch(batch)
+            x = x.to(dev)
+            if needs_logits:
+                with torch.no_grad():
+                    out = _orbit_outputs(model, group, x)
+                if "di" in acc or "accuracy" in acc:
+                    _check_logits(out, "evaluate_invariance")
+                if "accuracy" in acc:
+                    if y is None:
+                        raise ValueError("metric 'accuracy' needs labels: the loader must yield (x, y) pairs")
+                    y = y.to(dev)
+                    if y.shape != (x.shape[0],) or y.is_floating_point():
+                        raise ValueError(
+                            f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}"
+                        )
+                    acc["accuracy"]._accumulate((out.argmax(-1) == y.unsqueeze(0)).double())
+                if "di" in acc:
+                    acc["di"]._accumulate(_divergence_terms(out, kl_divergence))
+                if "li" in acc:
+                    acc["li"]._accumulate(_divergence_terms(out, l2_divergence))
+            if si is not None:
+                si.update(x)
+            n_batches += 1
+    finally:
+        if was_training is not None and isinstance(model, nn.Module):
+            model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("the loader yielded no batches: nothing to evaluate")
+
+    results: dict[str, dict[str, Any]] = {}
+    n_samples = 0
+    for name in names:
+        metric = si if name == "si" else acc[name]
+        assert metric is not None
+        per_element = metric.compute_per_element()
+        res: dict[str, Any] = {"mean": float(per_element.mean())}
+        if name != "accuracy":
+            res["std"] = float(metric.compute_std())
+        res["per_element"] = [float(v) for v in per_element]
+        results[name] = res
+        n_samples = int(metric._states()[2].item())
+    for res in results.values():
+        if not all(math.isfinite(v) for v in [res["mean"], res.get("std", 0.0), *res["per_element"]]):
+            raise ValueError(f"non-finite metric values in the report: {results}")
+    return InvarianceReport(
+        group=repr(group),
+        n_samples=n_samples,
+        elements=[group.element_name(g) for g in group.elements()],
+        results=results,
+    )
