@@ -67,10 +67,10 @@ class InvarianceReport:
         >>> print(r)  # doctest: +NORMALIZE_WHITESPACE
         Invariance report: Flip(axis='x'), 10 samples
         element        LI
-        id              0
-        flipx           1
-        mean          0.5
-        std           0.1
+        id         0.0000
+        flipx      1.0000
+        mean       0.5000
+        std        0.1000
     """
 
     group: str
@@ -100,7 +100,9 @@ class InvarianceReport:
         def cell(name: str, value: float | None) -> str:
             if value is None:
                 return f"{'-':>10}"
-            return f"{value:>10.4f}" if name == "accuracy" else f"{value:>10.4g}"
+            if name == "accuracy" or value == 0 or abs(value) >= 1e-3:
+                return f"{value:>10.4f}"
+            return f"{value:>10.3e}"
 
         lines = [
             f"Invariance report: {self.group}, {self.n_samples} samples",
