@@ -1,0 +1,119 @@
+"""Input-Jacobian and weight spectral norms vs numpy SVD; the paper's Proposition 3.1."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import mlp
+from torch import nn
+
+import torchinvariance as ti
+
+F64 = torch.float64
+
+
+def _linear(out_features=4, in_features=12, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(in_features, out_features, bias=bias).double()
+
+
+@pytest.mark.parametrize("method", ["auto", "exact", "power"])
+def test_linear_model_equals_top_singular_value(method):
+    lin = _linear()
+    x = torch.randn(3, 12, dtype=F64)
+    top = np.linalg.svd(lin.weight.detach().numpy(), compute_uv=False)[0]
+    got = ti.jacobian_spectral_norm(lin, x, method=method)
+    assert got.shape == (3,) and got.dtype == F64 and not got.requires_grad
+    np.testing.assert_allclose(got.numpy(), top, rtol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["exact", "power"])
+def test_two_layer_net_matches_svd_of_autograd_jacobian(method):
+    net = mlp(36, classes=5, hidden=16, dtype=F64, seed=3)
+    x = torch.randn(4, 1, 6, 6, dtype=F64)
+    jac = torch.autograd.functional.jacobian(net, x).reshape(4, 5, 4, 36)
+    ref = [np.linalg.svd(jac[b, :, b].numpy(), compute_uv=False)[0] for b in range(4)]
+    got = ti.jacobian_spectral_norm(net, x, method=method)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6)
+    assert np.ptp(ref) > 1e-3  # per-sample values really differ: no mixing across the batch
+
+
+def test_auto_uses_power_for_large_outputs_and_agrees_with_exact():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 80), nn.Tanh(), nn.Linear(80, 100)).double()
+    x = torch.randn(2, 1, 6, 6, dtype=F64)
+    exact = ti.jacobian_spectral_norm(net, x, method="exact")
+    auto = ti.jacobian_spectral_norm(net, x, n_iter=2000, tol=1e-12)
+    np.testing.assert_allclose(auto.numpy(), exact.numpy(), rtol=1e-6)
+    # power iteration approaches the top singular value from below
+    few = ti.jacobian_spectral_norm(net, x, method="power", n_iter=2, tol=0)
+    assert (few <= exact * (1 + 1e-12)).all()
+
+
+def test_weight_spectral_norms_linear_and_conv():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 5), nn.Linear(5, 2))
+    norms = ti.weight_spectral_norms(net)
+    assert list(norms) == ["0.weight", "3.weight", "4.weight"]
+    for key, module in (("0.weight", net[0]), ("3.weight", net[3]), ("4.weight", net[4])):
+        w = module.weight.detach().double().numpy()
+        np.testing.assert_allclose(
+            norms[key], np.linalg.svd(w.reshape(w.shape[0], -1), compute_uv=False)[0], rtol=1e-12
+        )
+        assert type(norms[key]) is float
+    assert ti.weight_spectral_norms(nn.Linear(3, 2)).keys() == {"weight"}
+    assert ti.weight_spectral_norms(nn.ReLU()) == {}
+
+
+def test_errors():
+    lin = _linear()
+    x = torch.randn(2, 12, dtype=F64)
+    with pytest.raises(ValueError, match="method must be one of"):
+        ti.jacobian_spectral_norm(lin, x, method="svd")
+    with pytest.raises(ValueError, match="n_iter"):
+        ti.jacobian_spectral_norm(lin, x, method="power", n_iter=0)
+    with pytest.raises(TypeError, match="floating point"):
+        ti.jacobian_spectral_norm(lin, torch.ones(2, 12, dtype=torch.long))
+    with pytest.raises(ValueError, match="non-empty"):
+        ti.jacobian_spectral_norm(lin, x[:0])
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        ti.weight_spectral_norms(lambda t: t)
+
+
+# ----------------------------------------------------------------------------- Proposition 3.1
+def _logit_invariance_descent(sign, steps=40, seed=0):
+    """Gradient steps (sign=+1 descent, -1 ascent) on the LI loss of h(x) = W x; spectral norms per step."""
+    torch.manual_seed(seed)
+    group = ti.get_group("rotation", order=4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 5, bias=False)).double()
+    x = torch.randn(6, 1, 6, 6, dtype=F64)
+    loss_fn = ti.InvarianceLoss(model, group, divergence="l2")
+    # Sigma = mean over (g, x) of eps eps^T with eps = x - g x; the mean-reduced LI gradient is W Sigma
+    eps = (x.unsqueeze(0) - group.orbit(x)).reshape(4 * 6, 36)
+    sigma = eps.T @ eps / eps.shape[0]
+    lr = 1.0 / torch.linalg.eigvalsh(sigma).max().item()
+    weight = model[1].weight
+    norms = [ti.jacobian_spectral_norm(model, x[:1]).item()]
+    losses = []
+    for _ in range(steps):
+        model.zero_grad()
+        loss = loss_fn(x)
+        losses.append(loss.item())
+        loss.backward()
+        torch.testing.assert_close(weight.grad, weight.detach() @ sigma)  # the proof's gradient
+        with torch.no_grad():
+            weight -= sign * 0.5 * lr * weight.grad
+        norms.append(ti.jacobian_spectral_norm(model, x[:1]).item())
+        np.testing.assert_allclose(norms[-1], ti.weight_spectral_norms(model)["1.weight"], rtol=1e-10)
+    return np.array(norms), np.array(losses)
+
+
+def test_proposition_3_1_logit_invariance_descent_never_increases_spectral_norm():
+    norms, losses = _logit_invariance_descent(+1)
+    assert (np.diff(norms) <= 1e-12 * norms[0]).all()
+    assert norms[-1] < 0.99 * norms[0]  # and it does decay
+    assert losses[-1] < 0.05 * losses[0]
+
+
+def test_proposition_3_1_check_can_fail():
+    norms, _ = _logit_invariance_descent(-1, steps=5)  # gradient ASCENT on LI increases the norm
+    assert (np.diff(norms) > 0).all()
