@@ -1,0 +1,56 @@
+r"""Symmetrization: make any model invariant by averaging its outputs over the orbit of the input."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from torchinvariance.groups import Group
+
+__all__ = ["GroupAveraged"]
+
+
+class GroupAveraged(nn.Module):
+    r"""Average a model's outputs over the orbit of the input (group averaging, symmetrization).
+
+    .. math::
+        \bar f(x) = \frac{1}{|G|} \sum_{g \in G} f(g \cdot x)
+
+    :math:`\bar f(h \cdot x) = \bar f(x)` for every :math:`h \in G`, since :math:`g h` runs over :math:`G` when
+    :math:`g` does: exact invariance without any change to the architecture of ``model``, at :math:`|G|` times the
+    cost. The whole orbit goes through ``model`` in one batched forward pass of ``|G| * B`` samples.
+
+    Args:
+        model: any module mapping ``(N, ...)`` to outputs ``(N, ...)``.
+        group: the finite :class:`~torchinvariance.groups.Group` to average over.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> flip = ti.get_group("flip", axis="x")
+        >>> model = ti.GroupAveraged(ti.MLP(in_shape=(1, 4, 4), num_classes=3, hidden=8), flip)
+        >>> x = torch.randn(2, 1, 4, 4)
+        >>> torch.allclose(model(x), model(x.flip(-1)), atol=1e-6)
+        True
+    """
+
+    def __init__(self, model: nn.Module, group: Group) -> None:
+        super().__init__()
+        if not isinstance(group, Group):
+            raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
+        if not callable(model):
+            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        self.model = model
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``."""
+        orbit = self.group.orbit(x)  # (|G|, B, ...)
+        out = self.model(orbit.flatten(0, 1))
+        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != orbit.shape[0] * orbit.shape[1]:
+            raise ValueError(
+                f"GroupAveraged needs a model that returns one output per sample: fed {orbit.shape[0] * orbit.shape[1]}"
+                f" samples, got {type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}"
+            )
+        return out.unflatten(0, orbit.shape[:2]).mean(0)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group!r}"

@@ -1,0 +1,211 @@
+r"""Test that a model is invariant: :func:`invariance_error` measures, :func:`assert_invariant` decides.
+
+Both check EVERY element of the group (not a random subset), in one batched forward pass over the orbit, and can run
+the comparison in float64 on a cast copy of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from torchinvariance.groups import Group
+
+__all__ = ["DEFAULT_TOLERANCES", "assert_invariant", "invariance_error"]
+
+Reduction = Literal["max", "none"]
+_REDUCTIONS = ("max", "none")
+
+#: Default ``(atol, rtol)`` of :func:`assert_invariant`, keyed on the dtype the outputs are computed in.
+DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float16: (1e-3, 1e-2),
+    torch.bfloat16: (1e-2, 5e-2),
+    torch.float32: (1e-6, 1e-5),
+    torch.float64: (1e-12, 1e-10),
+}
+
+
+def _cast(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype | None) -> tuple[Callable, Tensor]:
+    """A copy of ``model`` and ``x`` in ``dtype`` (the originals are left untouched)."""
+    if dtype is None:
+        return model, x
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype such as torch.float64 or None; got {dtype!r}")
+    if x.is_floating_point():
+        x = x.to(dtype)
+    if isinstance(model, nn.Module):
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+            model = copy.deepcopy(model).to(dtype)
+    return model, x
+
+
+def _measure(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    elements: Sequence[int] | None,
+    dtype: torch.dtype | None,
+) -> tuple[Tensor, Tensor, list[int], torch.dtype]:
+    """Per-sample deviations ``(n, B)``, the scale ``max |f(x)|``, the elements and the output dtype."""
+    if not isinstance(group, Group):
+        raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if not isinstance(x, Tensor) or x.dim() <= group.event_ndim or x.shape[0] == 0:
+        raise ValueError(
+            f"x must be a non-empty batch (B, ...) with more than {group.event_ndim} dims for {group!r}; "
+            f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
+    els = list(group.elements()) if elements is None else [int(g) for g in elements]
+    if not els:
+        raise ValueError("elements must not be empty")
+    model, x = _cast(model, x, dtype)
+    orbit = group.orbit(x, els)  # (n, B, ...); validates the elements
+    batch = x.shape[0]
+    with torch.no_grad():
+        out = model(torch.cat([x.unsqueeze(0), orbit]).flatten(0, 1))  # one forward: x, then the whole orbit
+    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != (len(els) + 1) * batch:
+        raise ValueError(
+            f"the model must return one output per sample: fed {(len(els) + 1) * batch} samples, got "
+            f"{type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}"
+        )
+    out = out.reshape(len(els) + 1, batch, -1)
+    ref = out[0]
+    deviation = (out[1:] - ref).abs().amax(-1) if out.shape[-1] else out.new_zeros(len(els), batch)
+    scale = ref.abs().amax() if ref.numel() else ref.new_zeros(())
+    return deviation, scale, els, out.dtype
+
+
+def invariance_error(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    *,
+    elements: Sequence[int] | None = None,
+    relative: bool = False,
+    dtype: torch.dtype | None = None,
+    reduction: Reduction = "max",
+) -> Tensor:
+    r"""The largest output deviation of ``model`` under each group element.
+
+    .. math::
+        e_g = \max_{b, c} \bigl| f(g \cdot x_b)_c - f(x_b)_c \bigr|, \qquad
+        e_g^{\text{rel}} = e_g \,/\, \max_{b, c} |f(x_b)_c|
+
+    for every element :math:`g` (identity included, first). ``f(x)`` and all the ``f(g x)`` are computed in one
+    forward pass of ``(n + 1) * B`` samples under :func:`torch.no_grad`, with the model in its current train/eval mode
+    (call ``model.eval()`` first if it has dropout).
+
+    Args:
+        model: maps a batch ``(N, ...)`` to outputs ``(N, ...)`` (e.g. logits).
+        group: a finite :class:`~torchinvariance.groups.Group`.
+        x: a batch ``(B, ...)`` the group can act on.
+        elements: the elements to check; default every element of ``group``.
+        relative: divide by the largest absolute output :math:`\max_{b,c} |f(x_b)_c|`.
+        dtype: compute in this floating dtype on a cast copy of the model and input (e.g. ``torch.float64`` to see
+            errors below float32 rounding); ``None`` uses the model and ``x`` as they are.
+        reduction: ``"max"`` gives ``(n_elements,)``, the maximum over the batch; ``"none"`` gives
+            ``(n_elements, B)``, the maximum over each sample's outputs.
+
+    Returns:
+        the errors, in the dtype of the outputs, ordered like ``elements`` (or ``group.elements()``).
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> _ = torch.manual_seed(0)
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> x = torch.randn(4, 1, 8, 8)
+        >>> invariant = ti.GroupInvariantMLP(rot, in_shape=(1, 8, 8), num_classes=3, hidden=16)
+        >>> err = ti.invariance_error(invariant, rot, x, dtype=torch.float64)
+        >>> err.shape, err.dtype, bool(err.max() < 1e-12)
+        (torch.Size([4]), torch.float64, True)
+        >>> plain = ti.MLP(in_shape=(1, 8, 8), num_classes=3, hidden=16)
+        >>> err = ti.invariance_error(plain, rot, x, relative=True)
+        >>> bool(err[0] < 1e-6), bool(err[1:].min() > 1e-3)  # the identity, then three real rotations
+        (True, True)
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    deviation, scale, _, _ = _measure(model, group, x, elements, dtype)
+    if relative:
+        deviation = deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
+    return deviation.amax(1) if reduction == "max" else deviation
+
+
+def assert_invariant(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    atol: float | None = None,
+    rtol: float | None = None,
+    *,
+    elements: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    r"""Assert that ``model`` is invariant to every element of ``group`` on the batch ``x``.
+
+    Passes when, for every element :math:`g`,
+
+    .. math::
+        \max_{b, c} \bigl| f(g \cdot x_b)_c - f(x_b)_c \bigr| \le \text{atol} + \text{rtol} \cdot \max_{b, c} |f(x_b)_c|
+
+    Default tolerances depend on the dtype the outputs are computed in (:data:`DEFAULT_TOLERANCES`): float32
+    ``atol=1e-6, rtol=1e-5``; float64 ``atol=1e-12, rtol=1e-10``. When only one of ``atol``/``rtol`` is given, the
+    other is 0. With ``dtype=torch.float64`` the check runs on a float64 copy of the model and input, which resolves
+    errors far below float32 rounding.
+
+    Args:
+        model: maps a batch ``(N, ...)`` to outputs ``(N, ...)``.
+        group: a finite :class:`~torchinvariance.groups.Group`.
+        x: a batch ``(B, ...)``.
+        atol: absolute tolerance.
+        rtol: tolerance relative to the largest absolute output.
+        elements: the elements to check; default all of them.
+        dtype: compute in this floating dtype on a cast copy (see :func:`invariance_error`).
+
+    Returns:
+        the per-element errors :math:`e_g` (see :func:`invariance_error`).
+
+    Raises:
+        AssertionError: some element exceeds the tolerance; the message names the worst element
+            (:meth:`Group.element_name`), its error and the tolerance, and lists the error of every element.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> _ = torch.manual_seed(0)
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> x = torch.randn(4, 1, 8, 8)
+        >>> _ = ti.assert_invariant(ti.GroupInvariantMLP(rot, in_shape=(1, 8, 8), num_classes=3), rot, x)
+        >>> ti.assert_invariant(ti.MLP(in_shape=(1, 8, 8), num_classes=3), rot, x)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        AssertionError: MLP is not invariant to Rotation(order=4): worst element 'rot...' has max |f(g x) - f(x)| = ...
+    """
+    deviation, scale, els, out_dtype = _measure(model, group, x, elements, dtype)
+    if atol is None and rtol is None:
+        atol, rtol = DEFAULT_TOLERANCES.get(out_dtype, (0.0, 0.0))
+    atol = 0.0 if atol is None else float(atol)
+    rtol = 0.0 if rtol is None else float(rtol)
+    if atol < 0 or rtol < 0:
+        raise ValueError(f"atol and rtol must be >= 0, got atol={atol!r}, rtol={rtol!r}")
+    errors = deviation.amax(1)
+    tolerance = atol + rtol * float(scale)
+    failed = ~(errors <= tolerance)  # NaN fails
+    if bool(failed.any()):
+        ranked = torch.where(torch.isnan(errors), torch.full_like(errors, float("inf")), errors)
+        worst = int(ranked.argmax())
+        name = type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", "model")
+        per_element = ", ".join(f"{group.element_name(g)}: {float(e):.3e}" for g, e in zip(els, errors))
+        raise AssertionError(
+            f"{name} is not invariant to {group!r}: worst element {group.element_name(els[worst])!r} has "
+            f"max |f(g x) - f(x)| = {float(errors[worst]):.3e} > tolerance {tolerance:.3e} "
+            f"(atol={atol:g} + rtol={rtol:g} * max|f(x)|={float(scale):.3e}, computed in {out_dtype}); "
+            f"{int(failed.sum())} of {len(els)} elements fail. Errors per element: {per_element}"
+        )
+    return errors
