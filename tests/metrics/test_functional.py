@@ -251,6 +251,17 @@ def test_saliency_invariance_one_captum_call(monkeypatch):
     assert calls == [(24, 48, 7)]
 
 
+def test_chunked_integrated_gradients_equal_one_pass():
+    group = ti.get_group("rotation", order=4)
+    model, x = mlp(36, dtype=F64, seed=4), _x(b=2)
+    one_pass = ti.saliency_invariance(model, group, x, n_steps=9, reduction="none")
+    chunked = ti.saliency_invariance(model, group, x, n_steps=9, internal_batch_size=8, reduction="none")
+    torch.testing.assert_close(chunked, one_pass)
+    torch.testing.assert_close(
+        ti.saliency_map(model, x, n_steps=9, internal_batch_size=2), ti.saliency_map(model, x, n_steps=9)
+    )
+
+
 def test_saliency_invariance_reductions_and_zero_maps():
     group = ti.get_group("rotation", order=4)
     model = mlp(36, dtype=F64)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -277,7 +278,8 @@ def evaluate_invariance(
     finally:
         if was_training is not None and isinstance(model, nn.Module):
             model.train(was_training)
-    if n_batches == 0:
+    distributed = dist.is_available() and dist.is_initialized()
+    if n_batches == 0 and not distributed:  # under DDP, decided on the global count (no deadlock)
         raise ValueError("the loader yielded no batches: nothing to evaluate")
 
     results: dict[str, dict[str, Any]] = {}
@@ -285,7 +287,10 @@ def evaluate_invariance(
     for name in names:
         metric = si if name == "si" else acc[name]
         assert metric is not None
-        per_element = metric.compute_per_element()
+        try:
+            per_element = metric.compute_per_element()
+        except RuntimeError:
+            raise ValueError("the loaders of all processes yielded no batches: nothing to evaluate") from None
         res: dict[str, Any] = {"mean": float(per_element.mean())}
         if name != "accuracy":
             res["std"] = float(metric.compute_std())
