@@ -101,7 +101,7 @@ def tune(args: argparse.Namespace, profile: Profile, device: torch.device, datas
             chosen = None
             for nu in sorted(profile.nu_grid):
                 spec = RunSpec("mnist", g, f"IR-{div}", seed=args.seed, nu=nu)
-                cache = cache_dir / f"{spec.key}_nu{nu:g}.json"
+                cache = cache_dir / f"{spec.key}_nu{nu:g}_e{epochs}.json"
                 if cache.exists() and not args.force:
                     row = read_json(cache)
                 else:

@@ -93,7 +93,7 @@ def figure4(drift: dict, path: Path) -> None:
         ax.set_title(GROUP_LABELS[g])
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best", framealpha=0.8)
     fig.suptitle("Figure 4: invariance and accuracy under distribution drift")
     fig.tight_layout()
     _save(fig, path)

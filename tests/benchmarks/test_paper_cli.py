@@ -1,0 +1,96 @@
+"""Command-line behaviour of `python -m benchmarks.paper` that needs no training."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.paper import cli, store
+from benchmarks.paper.profiles import get_profile
+
+
+def _exit_message(argv, capsys=None):
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    return str(err.value.code)
+
+
+def test_unknown_profile_and_group(tmp_path):
+    assert "unknown profile 'huge'" in _exit_message(["--profile", "huge", "--results-dir", str(tmp_path)])
+    assert "smoke" in _exit_message(["--profile", "huge", "--results-dir", str(tmp_path)])
+    assert "unknown group(s) ['scale']" in _exit_message(["--groups", "scale", "--results-dir", str(tmp_path)])
+
+
+def test_bad_device(tmp_path):
+    assert "--device must be auto, cpu or cuda" in _exit_message(
+        ["--device", "tpu", "--results-dir", str(tmp_path)]
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_results_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    assert "not writable" in _exit_message(["--profile", "smoke", "--results-dir", str(ro / "x")])
+
+
+def test_unwritable_results_dir_file_in_the_way(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert "not writable" in _exit_message(["--profile", "smoke", "--results-dir", str(blocker / "sub")])
+
+
+def test_missing_data_offline(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    msg = _exit_message(["--profile", "smoke", "--results-dir", str(tmp_path / "r"), "--data-root", str(tmp_path)])
+    assert "MNIST/raw" in msg and "train-images-idx3-ubyte" in msg
+
+
+def test_atomic_json_never_truncated(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    store.write_json(path, {"a": 1.0, "nan": float("nan")})
+    assert json.loads(path.read_text()) == {"a": 1.0, "nan": None}
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_json(path, {"a": 2.0})
+    assert json.loads(path.read_text()) == {"a": 1.0, "nan": None}  # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+
+
+def test_state_dict_roundtrip_weights_only(tmp_path):
+    state = {"w": torch.randn(3, 2)}
+    store.save_state(tmp_path / "m.pt", state)
+    assert torch.equal(store.load_state(tmp_path / "m.pt")["w"], state["w"])
+
+
+def test_committed_nu_config_is_valid():
+    path = cli.NU_CONFIG
+    cfg = json.loads(Path(path).read_text())
+    assert cfg["format_version"] == cli.NU_FORMAT
+    values, source = cli.load_nu(path, get_profile("quick"))
+    for g in ("rotation", "translation"):
+        for d in ("l2", "kl", "normalized_l2"):
+            assert values[g][d] > 0
+    entry = cfg["profiles"]["quick"]
+    for g in ("rotation", "translation"):
+        for d in ("l2", "kl", "normalized_l2"):
+            rows = entry["evidence"][g][d]
+            chosen = values[g][d]
+            assert any(r["nu"] == chosen for r in rows)
+            if entry["criterion_met"][g][d]:
+                # the chosen nu reached the target and is the smallest such value on the grid
+                assert [r["nu"] for r in rows if r["val_si"] >= cli.SI_TARGET][0] == chosen
+                assert all(r["val_si"] < cli.SI_TARGET for r in rows if r["nu"] < chosen)
