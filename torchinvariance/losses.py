@@ -104,6 +104,28 @@ DIVERGENCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def _l2_terms(fx: Tensor, fgx: Tensor) -> Tensor:
+    # fx (B, ...) broadcasts against fgx (n, B, ...); sum over the non-batch dims -> (n, B)
+    return 0.5 * (fgx - fx).pow(2).flatten(2).sum(2)
+
+
+def _normalized_l2_terms(fx: Tensor, fgx: Tensor) -> Tensor:
+    return (fgx - fx).pow(2).flatten(2).sum(2) / fx.pow(2).flatten(1).sum(1).clamp_min(_EPS)
+
+
+def _kl_terms(fx: Tensor, fgx: Tensor) -> Tensor:
+    log_u = F.log_softmax(fx, dim=-1)  # once for the batch, not once per group element
+    return (log_u.exp() * (log_u - F.log_softmax(fgx, dim=-1))).sum(-1)
+
+
+# the same divergences on (B, ...) vs (n, B, ...) without materializing n copies of f(x)
+_BROADCAST: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "l2": _l2_terms,
+    "kl": _kl_terms,
+    "normalized_l2": _normalized_l2_terms,
+}
+
+
 def resolve_divergence(divergence: Divergence) -> Callable[[Tensor, Tensor], Tensor]:
     """Turn a divergence name or callable into a callable ``(fx, fgx) -> (N,)``."""
     if callable(divergence):
@@ -180,8 +202,12 @@ class InvarianceLoss(_Composable):
             elements uniformly per call (cost grows with ``k``), or an explicit
             list of elements.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        chunk_size: if given, run at most this many group elements per forward
-            under activation checkpointing.
+        chunk_size: if given, run at most this many group elements per forward,
+            each chunk under activation checkpointing (also when one chunk holds
+            them all): autograd then keeps only ``x`` and ``f(x)`` between forward
+            and backward, and one chunk's activations are recomputed at a time,
+            so peak memory does not grow with the group order. Costs one extra
+            forward of the transformed inputs.
         generator: random generator for ``elements=k``.
 
     Example:
@@ -227,15 +253,8 @@ class InvarianceLoss(_Composable):
         self.generator = generator
 
     def extra_repr(self) -> str:
-        div = (
-            self.divergence
-            if isinstance(self.divergence, str)
-            else getattr(self.divergence, "__name__", "callable")
-        )
-        return (
-            f"group={self.group!r}, divergence={div!r}, elements={self.elements!r}, "
-            f"reduction={self.reduction!r}"
-        )
+        div = self.divergence if isinstance(self.divergence, str) else getattr(self.divergence, "__name__", "callable")
+        return f"group={self.group!r}, divergence={div!r}, elements={self.elements!r}, reduction={self.reduction!r}"
 
     def _elements(self) -> list[int]:
         if self.elements is None:
@@ -251,27 +270,55 @@ class InvarianceLoss(_Composable):
             raise ValueError(f"InvarianceLoss needs a non-empty batch (B, ...); got shape {tuple(x.shape)}")
         self.group.check_input(x)
 
-    def _terms_for(self, x: Tensor, fx: Tensor, els: Sequence[int]) -> Tensor:
-        """Divergences ``(len(els), B)`` for non-identity elements ``els``."""
+    def _pair_terms(self, fx: Tensor, fgx: Tensor) -> Tensor:
+        """Divergences ``(n, B)`` between ``fx`` ``(B, ...)`` and the orbit outputs ``fgx`` ``(n, B, ...)``."""
+        if fx.dtype in _LOW:
+            fx, fgx = fx.float(), fgx.float()
+        kernel = _BROADCAST.get(self.divergence) if isinstance(self.divergence, str) else None
+        if kernel is not None:  # built-ins broadcast f(x) over the orbit: no n-fold copy of f(x)
+            return kernel(fx, fgx)
+        n, b = fgx.shape[:2]
+        ref = fx.unsqueeze(0).expand(n, *fx.shape).reshape(n * b, *fx.shape[1:])
+        return self._div(ref, fgx.reshape(n * b, *fgx.shape[2:])).reshape(n, b)
+
+    def _orbit_terms(self, x: Tensor, fx: Tensor, els: Sequence[int]) -> Tensor:
+        """Divergences ``(len(els), B)`` for non-identity elements ``els``, one batched forward."""
         n, b = len(els), x.shape[0]
         fgx = self.model(self.group.orbit(x, els).reshape(n * b, *x.shape[1:]))
-        if not isinstance(fgx, Tensor) or fgx.shape[0] != n * b:
+        if not isinstance(fgx, Tensor) or fgx.dim() == 0 or fgx.shape[0] != n * b:
             raise ValueError(
                 f"model output must be a tensor with the batch in dim 0 ({n * b}); got "
                 f"{tuple(fgx.shape) if isinstance(fgx, Tensor) else type(fgx).__name__}"
             )
-        ref = fx.unsqueeze(0).expand(n, *fx.shape).reshape(n * b, *fx.shape[1:])
-        d = self._div(ref.float() if ref.dtype in _LOW else ref, fgx.float() if fgx.dtype in _LOW else fgx)
-        return d.reshape(n, b)
+        return self._pair_terms(fx, fgx.reshape(n, b, *fgx.shape[1:]))
 
-    def _divergences(self, x: Tensor, fx: Tensor, els: Sequence[int]) -> Tensor:
-        if self.chunk_size is None or len(els) <= self.chunk_size:
-            return self._terms_for(x, fx, els)
-        parts = []
-        for i in range(0, len(els), self.chunk_size):
-            chunk = list(els[i : i + self.chunk_size])
-            parts.append(checkpoint(self._terms_for, x, fx, chunk, use_reentrant=False))
-        return torch.cat(parts)
+    def _nonid_terms(self, x: Tensor, fx: Tensor, nonid: Sequence[int]) -> Tensor:
+        if self.chunk_size is None:
+            return self._orbit_terms(x, fx, nonid)
+        # always checkpoint with chunk_size, even for one chunk: autograd then keeps only x and f(x),
+        # and each chunk's activations live only while that chunk is recomputed in backward
+        parts = [
+            checkpoint(self._orbit_terms, x, fx, list(nonid[i : i + self.chunk_size]), use_reentrant=False)
+            for i in range(0, len(nonid), self.chunk_size)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _reduce(self, terms: Tensor | None, els: Sequence[int], fx: Tensor) -> Tensor:
+        """Reduce the non-identity terms; the identity's terms are exactly 0 and only count in the mean."""
+        dtype = torch.float32 if fx.dtype in _LOW else fx.dtype
+        b = fx.shape[0]
+        if self.reduction != "none":
+            if terms is None:
+                return fx.new_zeros((), dtype=dtype)
+            total = terms.sum()
+            return total / (len(els) * b) if self.reduction == "mean" else total
+        values = fx.new_zeros((len(els), b), dtype=dtype)
+        if terms is None:
+            return values
+        idx = [i for i, g in enumerate(els) if g != self.group.identity]
+        if len(idx) == len(els):
+            return terms.to(dtype)
+        return values.index_put((torch.tensor(idx, device=values.device),), terms.to(dtype))
 
     def _check_output(self, fx: Tensor, batch: int) -> None:
         if not isinstance(fx, Tensor) or fx.dim() == 0 or fx.shape[0] != batch:
@@ -302,22 +349,13 @@ class InvarianceLoss(_Composable):
         out = self.model(self.group.orbit(x, [self.group.identity, *nonid]).reshape(-1, *x.shape[1:]))
         fx = out[:b]
         self._check_output(fx, b)
-        values = x.new_zeros((len(els), b), dtype=torch.float32 if fx.dtype in _LOW else fx.dtype)
-        if nonid:
-            n = len(nonid)
-            ref = fx.unsqueeze(0).expand(n, *fx.shape).reshape(n * b, *fx.shape[1:])
-            fgx = out[b:]
-            if fx.dtype in _LOW:
-                ref, fgx = ref.float(), fgx.float()
-            d = self._div(ref, fgx).reshape(n, b)
-            values = self._scatter(values, d, els)
-        return reduce(values, self.reduction), fx
-
-    def _scatter(self, values: Tensor, d: Tensor, els: Sequence[int]) -> Tensor:
-        idx = [i for i, g in enumerate(els) if g != self.group.identity]
-        if len(idx) == len(els):
-            return d.to(values.dtype)
-        return values.index_put((torch.tensor(idx, device=values.device),), d.to(values.dtype))
+        if out.shape[0] != (1 + len(nonid)) * b:
+            raise ValueError(
+                f"model output must be a tensor with the batch in dim 0 ({(1 + len(nonid)) * b}); "
+                f"got {tuple(out.shape)}"
+            )
+        terms = self._pair_terms(fx, out[b:].reshape(len(nonid), b, *out.shape[1:])) if nonid else None
+        return self._reduce(terms, els, fx), fx
 
     def forward(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
         """Invariance error of the batch ``x``.
@@ -336,12 +374,8 @@ class InvarianceLoss(_Composable):
         self._check_output(logits, x.shape[0])
         els = self._elements()
         nonid = [g for g in els if g != self.group.identity]
-        values = x.new_zeros(
-            (len(els), x.shape[0]), dtype=torch.float32 if logits.dtype in _LOW else logits.dtype
-        )
-        if nonid:
-            values = self._scatter(values, self._divergences(x, logits, nonid), els)
-        return reduce(values, self.reduction)
+        terms = self._nonid_terms(x, logits, nonid) if nonid else None
+        return self._reduce(terms, els, logits)
 
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -370,9 +404,7 @@ class WeightedInvarianceLoss(_Composable):
         super().__init__()
         for _, t in terms:
             if getattr(t, "reduction", "mean") == "none":
-                raise ValueError(
-                    "terms of a composed invariance loss need reduction 'mean' or 'sum', got 'none'"
-                )
+                raise ValueError("terms of a composed invariance loss need reduction 'mean' or 'sum', got 'none'")
         self.weights = [float(w) for w, _ in terms]
         self.terms = nn.ModuleList([t for _, t in terms])
 
