@@ -30,9 +30,7 @@ def make_group(spec):
 
 def mlp(in_features: int, classes: int = 5, hidden: int = 16, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, classes)
-    ).to(dtype)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, classes)).to(dtype)
 
 
 class OrbitAveraged(nn.Module):
@@ -46,3 +44,21 @@ class OrbitAveraged(nn.Module):
         orbit = self.group.orbit(x)
         out = self.model(orbit.reshape(-1, *x.shape[1:]))
         return out.reshape(self.group.order, x.shape[0], *out.shape[1:]).mean(0)
+
+
+def train_non_invariant(model: nn.Module, group: ti.Group, x, steps: int = 4, lr: float = 1e-2, classes: int = 5):
+    """A few Adam steps on a NON-invariant target (predict which element transformed the input).
+
+    Asserts that the weights really changed, so invariance checks after training are not vacuous.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    orbit = group.orbit(x).flatten(0, 1)
+    labels = torch.arange(group.order).repeat_interleave(x.shape[0]) % classes
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(orbit), labels).backward()
+        opt.step()
+    after = model.state_dict()
+    changed = max((after[k] - v).abs().max().item() for k, v in before.items() if v.is_floating_point())
+    assert changed > 1e-3, "training did not change the weights"

@@ -76,7 +76,9 @@ class _SteerableTiedLayer(nn.Module):
             # rings of radius 0, 1, ... up to the corners of the square, so that the kernel covers the whole image
             # (escnn's default rings stop at the inscribed circle and would ignore the corners).
             rings = [float(r) for r in range(math.floor((size - 1) / math.sqrt(2)) + 1)]
-            self.conv = enn.R2Conv(in_type, out_type, kernel_size=size, padding=0, rings=rings)
+            # recompute=True: by default escnn shares one sampled basis module between all R2Conv layers with the same
+            # configuration, so that model.double() or .to(device) on one model would change every other model's basis.
+            self.conv = enn.R2Conv(in_type, out_type, kernel_size=size, padding=0, rings=rings, recompute=True)
         self.group_order = gspace.fibergroup.order()
         self.exact = exact
         self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
