@@ -102,9 +102,7 @@ def test_sample_is_uniform_and_seeded():
     draws = group.sample(8000, generator=gen)
     counts = torch.bincount(torch.tensor(draws), minlength=8).float()
     assert counts.min() > 800 and counts.max() < 1200
-    assert group.sample(5, torch.Generator().manual_seed(3)) == group.sample(
-        5, torch.Generator().manual_seed(3)
-    )
+    assert group.sample(5, torch.Generator().manual_seed(3)) == group.sample(5, torch.Generator().manual_seed(3))
 
 
 @settings(max_examples=40, deadline=None)

@@ -111,9 +111,7 @@ def test_elements_sampling_and_explicit_list():
     x = _batch(5)
     logits = counting(x)
     counting.rows = 0
-    loss = ti.InvarianceLoss(
-        counting, group, elements=2, reduction="none", generator=torch.Generator().manual_seed(0)
-    )
+    loss = ti.InvarianceLoss(counting, group, elements=2, reduction="none", generator=torch.Generator().manual_seed(0))
     out = loss(x, logits=logits)
     assert out.shape == (2, 5)
     assert counting.rows <= 2 * 5

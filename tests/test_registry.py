@@ -86,9 +86,7 @@ def test_bad_params(name, params, pattern):
 
 def test_duplicate_names_both_providers():
     reg = GroupRegistry(autoload=False)
-    with pytest.raises(
-        ValueError, match=r"'rotation' is already registered by 'torchinvariance \(built-in\)'.*'me'"
-    ):
+    with pytest.raises(ValueError, match=r"'rotation' is already registered by 'torchinvariance \(built-in\)'.*'me'"):
         reg.register("rotation", ti.Rotation, provider="me")
 
 
@@ -132,9 +130,7 @@ def test_plugin_duplicate_is_skipped_with_warning(monkeypatch):
 
     _fake_distributions(monkeypatch, [_FakeDist("dup-plugin", [_FakeEntryPoint("dup", Dup)])])
     reg = GroupRegistry(autoload=True)
-    with pytest.warns(
-        RuntimeWarning, match=r"dup-plugin:dup.*already registered by 'torchinvariance \(built-in\)'"
-    ):
+    with pytest.warns(RuntimeWarning, match=r"dup-plugin:dup.*already registered by 'torchinvariance \(built-in\)'"):
         assert "rotation" in reg.list_groups()
     assert reg.provider("rotation") == "torchinvariance (built-in)"
 

@@ -59,10 +59,10 @@ def figure3(models: dict[str, nn.Module], group: ti.Group, x: Tensor, path: Path
         images, maps = realigned_saliency(models[name], group, x)
         for s in range(b):
             row = mi * b + s
-            axes[row, 0].imshow(images[0, s].cpu(), cmap="gray")
+            axes[row, 0].imshow(images[0, s].cpu().numpy(), cmap="gray")
             axes[row, 0].set_ylabel(f"{MODEL_STYLE[name]['label']}\nsample {s}", fontsize=8)
             for i, g in enumerate(group.elements()):
-                axes[row, i + 1].imshow(maps[i, s].detach().cpu(), cmap="inferno")
+                axes[row, i + 1].imshow(maps[i, s].detach().cpu().numpy(), cmap="inferno")
                 if row == 0:
                     axes[row, i + 1].set_title(f"$g^{{-1}} m(gx)$, g={group.element_name(g)}", fontsize=7)
     for ax in axes.flat:
@@ -136,12 +136,12 @@ def figure2(models: dict[str, nn.Module], group: ti.Group, x: Tensor, y: Tensor,
         emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, n * b // 4)).fit_transform(
             feats.numpy()
         )
-        emb = torch.as_tensor(emb).reshape(n, b, 2)
-        labels = y.repeat(n).cpu()
+        emb = emb.reshape(n, b, 2)
+        labels = y.repeat(n).cpu().numpy()
         ax.scatter(emb[..., 0].reshape(-1), emb[..., 1].reshape(-1), c=labels, cmap="tab10", s=6)
         for s in range(min(5, b)):
-            pts = torch.cat([emb[:, s], emb[:1, s]])
-            ax.plot(pts[:, 0], pts[:, 1], "k-", lw=0.6)
+            ring = [*list(range(n)), 0]
+            ax.plot(emb[ring, s, 0], emb[ring, s, 1], "k-", lw=0.6)
         ax.set_title(f"{MODEL_STYLE[name]['label']}: penultimate layer")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -25,9 +25,7 @@ def test_unknown_profile_and_group(tmp_path):
 
 
 def test_bad_device(tmp_path):
-    assert "--device must be auto, cpu or cuda" in _exit_message(
-        ["--device", "tpu", "--results-dir", str(tmp_path)]
-    )
+    assert "--device must be auto, cpu or cuda" in _exit_message(["--device", "tpu", "--results-dir", str(tmp_path)])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
@@ -80,7 +78,7 @@ def test_committed_nu_config_is_valid():
     path = cli.NU_CONFIG
     cfg = json.loads(Path(path).read_text())
     assert cfg["format_version"] == cli.NU_FORMAT
-    values, source = cli.load_nu(path, get_profile("quick"))
+    values, _source = cli.load_nu(path, get_profile("quick"))
     for g in ("rotation", "translation"):
         for d in ("l2", "kl", "normalized_l2"):
             assert values[g][d] > 0
@@ -92,5 +90,5 @@ def test_committed_nu_config_is_valid():
             assert any(r["nu"] == chosen for r in rows)
             if entry["criterion_met"][g][d]:
                 # the chosen nu reached the target and is the smallest such value on the grid
-                assert [r["nu"] for r in rows if r["val_si"] >= cli.SI_TARGET][0] == chosen
+                assert next(r["nu"] for r in rows if r["val_si"] >= cli.SI_TARGET) == chosen
                 assert all(r["val_si"] < cli.SI_TARGET for r in rows if r["nu"] < chosen)

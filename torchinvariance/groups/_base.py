@@ -118,8 +118,7 @@ class Group(abc.ABC):
         gs_t = torch.as_tensor(gs, dtype=torch.long, device=x.device).reshape(-1)
         if gs_t.numel() != x.shape[0]:
             raise ValueError(
-                f"act_per_sample needs one element per sample: got {gs_t.numel()} "
-                f"elements for a batch of {x.shape[0]}"
+                f"act_per_sample needs one element per sample: got {gs_t.numel()} elements for a batch of {x.shape[0]}"
             )
         out = torch.empty_like(x)
         for g in torch.unique(gs_t).tolist():

@@ -53,9 +53,7 @@ class Rotation(CyclicGroup):
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
         if x.shape[-1] != x.shape[-2]:
-            raise ValueError(
-                f"{self!r} needs square images (..., H, W) with H == W; got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"{self!r} needs square images (..., H, W) with H == W; got shape {tuple(x.shape)}")
 
     def _act(self, g: int, x: Tensor) -> Tensor:
         k = g * self._quarter_turns
@@ -178,9 +176,7 @@ class Dihedral(Group):
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
         if x.shape[-1] != x.shape[-2]:
-            raise ValueError(
-                f"{self!r} needs square images (..., H, W) with H == W; got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"{self!r} needs square images (..., H, W) with H == W; got shape {tuple(x.shape)}")
 
     def _act(self, g: int, x: Tensor) -> Tensor:
         s, r = divmod(g, 4)
