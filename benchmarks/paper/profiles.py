@@ -55,7 +55,7 @@ PROFILES = {
         eval_si=1000,
         eval_jacobian=500,
         drift_n=5000,
-        tune_epochs=40,
+        tune_epochs=20,
         tune_si=500,
         est_minutes_cpu=30.0,
     ),

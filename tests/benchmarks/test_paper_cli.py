@@ -90,5 +90,11 @@ def test_committed_nu_config_is_valid():
             assert any(r["nu"] == chosen for r in rows)
             if entry["criterion_met"][g][d]:
                 # the chosen nu reached the target and is the smallest such value on the grid
-                assert next(r["nu"] for r in rows if r["val_si"] >= cli.SI_TARGET) == chosen
+                assert (
+                    next(r["nu"] for r in sorted(rows, key=lambda r: r["nu"]) if r["val_si"] >= cli.SI_TARGET) == chosen
+                )
                 assert all(r["val_si"] < cli.SI_TARGET for r in rows if r["nu"] < chosen)
+                grid = sorted(entry["grid"])
+                i = grid.index(chosen)
+                if i > 0:  # the grid value just below was trained and missed the target
+                    assert any(r["nu"] == grid[i - 1] for r in rows)
