@@ -1,9 +1,10 @@
 """Speed benchmark of the invariance regularizer, the metrics and the weight-tying baselines (issue 7).
 
-Run ``python -m benchmarks.speed [--device auto|cpu|cuda] [--quick] [--out DIR]``. Every comparison is
-measured side by side in the same run (interleaved rounds of ``torch.utils.benchmark.Timer``
-``blocked_autorange`` after a warm-up; the median of all blocks is reported), and the report gives ratios:
-absolute times on a shared machine are not comparable between runs.
+Run ``python -m benchmarks.speed [--device auto|cpu|cuda] [--quick] [--out DIR] [--threads N]``. Every
+comparison is measured side by side in the same run: after a warm-up, interleaved rounds of
+``torch.utils.benchmark.Timer.blocked_autorange`` on every case of a section; a time is the median over all
+blocks, a ratio is the median over the rounds of the ratio of the two cases' medians in that round (so a load
+change on the shared machine hits both sides of a ratio alike). Absolute times are not comparable between runs.
 
 Sections:
 
@@ -67,8 +68,8 @@ class Config:
     classes: int = 9
     si_batch: int = 32
     n_steps: int = 50
-    min_run_time: float = 6.0  # seconds of timed blocks per case, split over the rounds
-    rounds: int = 3
+    min_run_time: float = 8.0  # seconds of timed blocks per case, split over the rounds
+    rounds: int = 8
     warmup: int = 3
     compile: bool = True
     autorange: bool = True  # False: one timed run per round (smoke test only)
@@ -76,7 +77,7 @@ class Config:
 
 PROFILES = {
     "default": Config(),
-    "quick": Config(min_run_time=1.5, rounds=2, warmup=2),
+    "quick": Config(min_run_time=2.0, rounds=4, warmup=2),
     # hidden profile for the smoke test: every code path, tiny sizes, no compilation
     "tiny": Config(
         batch=16,
@@ -96,12 +97,13 @@ PROFILES = {
 # --------------------------------------------------------------------------- measurement
 @dataclasses.dataclass
 class Stats:
-    """Median and quartiles of the per-run times (seconds) of one case."""
+    """Median and quartiles of the per-run times (seconds) of one case, and the median of each round."""
 
     median: float
     q1: float
     q3: float
     blocks: int
+    round_medians: list[float]
 
     @property
     def spread(self) -> float:
@@ -109,23 +111,25 @@ class Stats:
         return (self.q3 - self.q1) / self.median if self.median > 0 else float("nan")
 
 
-def _quartiles(times: list[float]) -> Stats:
+def _stats(rounds: list[list[float]]) -> Stats:
+    times = [t for r in rounds for t in r]
     if len(times) == 1:
-        return Stats(times[0], times[0], times[0], 1)
-    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    return Stats(med, q1, q3, len(times))
+        q1 = med = q3 = times[0]
+    else:
+        q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return Stats(med, q1, q3, len(times), [statistics.median(r) for r in rounds])
 
 
 def measure(cases: dict[str, Callable[[], object]], cfg: Config, threads: int) -> dict[str, Stats]:
     """Time ``cases`` side by side: warm up all of them, then interleave ``cfg.rounds`` rounds.
 
-    Each round runs ``Timer.blocked_autorange`` on every case in turn, so slow drifts of the machine's load
-    hit all cases alike; the median is taken over the blocks of all rounds.
+    Each round runs ``Timer.blocked_autorange`` on every case in turn, so drifts of the machine's load hit
+    all cases alike; the reported time is the median over the blocks of all rounds.
     """
     for fn in cases.values():
         for _ in range(cfg.warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in cases}
+    times: dict[str, list[list[float]]] = {name: [] for name in cases}
     for _ in range(cfg.rounds):
         for name, fn in cases.items():
             timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
@@ -133,8 +137,8 @@ def measure(cases: dict[str, Callable[[], object]], cfg: Config, threads: int) -
                 m = timer.blocked_autorange(min_run_time=cfg.min_run_time / cfg.rounds)
             else:
                 m = timer.timeit(number=1)
-            times[name].extend(m.times)
-    return {name: _quartiles(t) for name, t in times.items()}
+            times[name].append(list(m.times))
+    return {name: _stats(t) for name, t in times.items()}
 
 
 def saved_bytes(step_loss: Callable[[], Tensor], params: list[nn.Parameter]) -> int:
@@ -262,7 +266,8 @@ def _mb(n: int | None) -> float | None:
 
 
 def _ratio(a: Stats, b: Stats) -> float:
-    return a.median / b.median
+    """Median over the rounds of the ratio of the two cases' medians in that round (paired by round)."""
+    return statistics.median(x / y for x, y in zip(a.round_medians, b.round_medians))
 
 
 def section_training(b: Bench) -> None:
@@ -571,9 +576,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"device `{meta['device']}`" + (f" ({meta['gpu']})" if meta.get("gpu") else ""),
         f"- torch {meta['torch']}, python {meta['python']}, torchinvariance {meta['torchinvariance']}"
         + (f", commit {meta['git_commit'][:10]}" if meta.get("git_commit") else ""),
-        f"- date (UTC): {meta['date']}; profile `{meta['profile']}`: medians over "
-        f"`Timer.blocked_autorange` blocks, {meta['config']['rounds']} interleaved round(s), "
-        f"{meta['config']['min_run_time']} s per case",
+        f"- date (UTC): {meta['date']}; profile `{meta['profile']}`: {meta['config']['rounds']} interleaved "
+        f"rounds of `Timer.blocked_autorange`, {meta['config']['min_run_time']} s of timed blocks per case; "
+        "a time is the median over all blocks, a ratio the median over the rounds of the per-round ratio",
         "- `iqr_rel` is the interquartile range of the blocks relative to the median: the noise of each time; "
         "ratios are not more precise than that.",
         "",

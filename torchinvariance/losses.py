@@ -118,11 +118,26 @@ def _kl_terms(fx: Tensor, fgx: Tensor) -> Tensor:
     return (log_u.exp() * (log_u - F.log_softmax(fgx, dim=-1))).sum(-1)
 
 
-# the same divergences on (B, ...) vs (n, B, ...) without materializing n copies of f(x)
-_BROADCAST: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "l2": _l2_terms,
-    "kl": _kl_terms,
-    "normalized_l2": _normalized_l2_terms,
+def _l2_total(fx: Tensor, fgx: Tensor) -> Tensor:
+    # the sum of _l2_terms in one fused kernel (forward and backward)
+    return 0.5 * F.mse_loss(fgx, fx.expand_as(fgx), reduction="sum")
+
+
+def _kl_total(fx: Tensor, fgx: Tensor) -> Tensor:
+    log_u = F.log_softmax(fx, dim=-1).expand_as(fgx)
+    return F.kl_div(F.log_softmax(fgx, dim=-1), log_u, reduction="sum", log_target=True)
+
+
+def _normalized_l2_total(fx: Tensor, fgx: Tensor) -> Tensor:
+    return _normalized_l2_terms(fx, fgx).sum()
+
+
+# the same divergences on f(x) (B, ...) vs the orbit's outputs (n, B, ...), broadcasting f(x) instead of
+# materializing n copies of it: per-term kernels -> (n, B), and their sums for reduction "mean"/"sum"
+_BROADCAST: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
+    "l2": (_l2_terms, _l2_total),
+    "kl": (_kl_terms, _kl_total),
+    "normalized_l2": (_normalized_l2_terms, _normalized_l2_total),
 }
 
 
@@ -271,18 +286,22 @@ class InvarianceLoss(_Composable):
         self.group.check_input(x)
 
     def _pair_terms(self, fx: Tensor, fgx: Tensor) -> Tensor:
-        """Divergences ``(n, B)`` between ``fx`` ``(B, ...)`` and the orbit outputs ``fgx`` ``(n, B, ...)``."""
+        """Divergences between ``fx`` ``(B, ...)`` and the orbit outputs ``fgx`` ``(n, B, ...)``.
+
+        Returns the ``(n, B)`` terms for ``reduction="none"``, else their sum (a scalar).
+        """
         if fx.dtype in _LOW:
             fx, fgx = fx.float(), fgx.float()
-        kernel = _BROADCAST.get(self.divergence) if isinstance(self.divergence, str) else None
-        if kernel is not None:  # built-ins broadcast f(x) over the orbit: no n-fold copy of f(x)
-            return kernel(fx, fgx)
+        kernels = _BROADCAST.get(self.divergence) if isinstance(self.divergence, str) else None
+        if kernels is not None:
+            return kernels[0](fx, fgx) if self.reduction == "none" else kernels[1](fx, fgx)
         n, b = fgx.shape[:2]
         ref = fx.unsqueeze(0).expand(n, *fx.shape).reshape(n * b, *fx.shape[1:])
-        return self._div(ref, fgx.reshape(n * b, *fgx.shape[2:])).reshape(n, b)
+        terms = self._div(ref, fgx.reshape(n * b, *fgx.shape[2:])).reshape(n, b)
+        return terms if self.reduction == "none" else terms.sum()
 
     def _orbit_terms(self, x: Tensor, fx: Tensor, els: Sequence[int]) -> Tensor:
-        """Divergences ``(len(els), B)`` for non-identity elements ``els``, one batched forward."""
+        """:meth:`_pair_terms` for non-identity elements ``els``: their orbit in one batched forward."""
         n, b = len(els), x.shape[0]
         fgx = self.model(self.group.orbit(x, els).reshape(n * b, *x.shape[1:]))
         if not isinstance(fgx, Tensor) or fgx.dim() == 0 or fgx.shape[0] != n * b:
@@ -301,17 +320,21 @@ class InvarianceLoss(_Composable):
             checkpoint(self._orbit_terms, x, fx, list(nonid[i : i + self.chunk_size]), use_reentrant=False)
             for i in range(0, len(nonid), self.chunk_size)
         ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if self.reduction == "none" else torch.stack(parts).sum()
 
     def _reduce(self, terms: Tensor | None, els: Sequence[int], fx: Tensor) -> Tensor:
-        """Reduce the non-identity terms; the identity's terms are exactly 0 and only count in the mean."""
+        """Finish the reduction: the identity's terms are exactly 0 and only count in the mean.
+
+        ``terms`` are the non-identity terms ``(m, B)`` for ``reduction="none"``, else their sum.
+        """
         dtype = torch.float32 if fx.dtype in _LOW else fx.dtype
         b = fx.shape[0]
         if self.reduction != "none":
             if terms is None:
                 return fx.new_zeros((), dtype=dtype)
-            total = terms.sum()
-            return total / (len(els) * b) if self.reduction == "mean" else total
+            return terms / (len(els) * b) if self.reduction == "mean" else terms
         values = fx.new_zeros((len(els), b), dtype=dtype)
         if terms is None:
             return values
