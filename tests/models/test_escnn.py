@@ -172,6 +172,18 @@ def test_eval_mode_caches_the_filter_and_notices_updates():
 
 
 @pytest.mark.escnn
+def test_state_dict_keys_do_not_depend_on_the_mode():
+    model = build(size=9)
+    keys = set(model.state_dict())
+    assert keys == set(model.train().state_dict()) == set(model.eval().state_dict())
+    assert not any(k.endswith((".filter", ".expanded_bias")) for k in keys)
+    x = torch.randn(3, 1, 9, 9)
+    saved = build(size=9, seed=5).train().state_dict()  # saved in training mode ...
+    model.load_state_dict(saved)  # ... loads into a model in eval mode
+    torch.testing.assert_close(model(x), build(size=9, seed=5)(x))
+
+
+@pytest.mark.escnn
 def test_describe_counts_the_expansion_only_in_training_mode():
     size, hidden, depth, classes, group_order = 9, 12, 3, 5, 4
     model = build(size=size)

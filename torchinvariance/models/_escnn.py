@@ -79,6 +79,12 @@ class _SteerableTiedLayer(nn.Module):
             # recompute=True: by default escnn shares one sampled basis module between all R2Conv layers with the same
             # configuration, so that model.double() or .to(device) on one model would change every other model's basis.
             self.conv = enn.R2Conv(in_type, out_type, kernel_size=size, padding=0, rings=rings, recompute=True)
+        # We expand the filter ourselves (see forward) and never call R2Conv.forward. R2Conv keeps its own filter cache
+        # in buffers that it deletes in train() and re-registers in eval(), so that the keys of the state dict would
+        # depend on the mode (a checkpoint saved in one mode would not load in the other). Drop them for good.
+        for name in ("filter", "expanded_bias"):
+            if hasattr(self.conv, name):
+                delattr(self.conv, name)
         self.group_order = gspace.fibergroup.order()
         self.exact = exact
         self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
@@ -166,7 +172,9 @@ class _SteerableTiedLayer(nn.Module):
         return self._cache[1], self._cache[2]
 
     def train(self, mode: bool = True) -> _SteerableTiedLayer:
-        super().train(mode)
+        # not nn.Module.train: it would call R2Conv.train, which re-registers the filter buffers dropped in __init__
+        for module in self.modules():
+            module.training = mode
         self._cache = None
         if not mode:
             self._expanded()  # expand once now, so that evaluation costs only the matrix products
