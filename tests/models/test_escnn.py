@@ -144,6 +144,15 @@ def test_parameter_count_paper_setting_dihedral():
 
 
 @pytest.mark.escnn
+def test_escnn_svd_workaround_is_scoped_to_construction():
+    import escnn.group._numerical as numerical
+
+    before = numerical.randomized_svd
+    build(dihedral=True, size=7, hidden=2)  # flipRot2dOnR2 bases are what escnn issue #112 breaks
+    assert numerical.randomized_svd is before
+
+
+@pytest.mark.escnn
 def test_models_do_not_share_escnn_buffers():
     a, b = build(size=9, seed=0), build(size=9, seed=1)
     a.double()

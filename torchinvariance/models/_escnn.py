@@ -199,7 +199,8 @@ class EscnnInvariantMLP(nn.Module):
     ``flipRot2dOnR2(N=order)`` when ``dihedral=True``): an ``R2Conv`` from ``C`` trivial fields to ``hidden`` regular
     fields whose kernel covers the whole image (``kernel_size`` = image size, no padding), so that it acts as a fully
     connected layer with steerable, group-tied weights. It is followed by a ReLU, group pooling (max over the
-    :math:`|G|` channels of each regular field) and an ordinary MLP with ``depth - 1`` linear layers:
+    :math:`|G|` channels of each regular field, as escnn's ``GroupPooling`` does; computed inline because escnn's
+    ``GroupPooling`` returns float32 whatever the input dtype) and an ordinary MLP with ``depth - 1`` linear layers:
 
     .. math::
         f(x) = \operatorname{MLP}_{2..L}\Bigl(\max_{g \in G}\,
@@ -233,6 +234,10 @@ class EscnnInvariantMLP(nn.Module):
     (about 1.5 GFLOPs in the paper's setting, independent of the batch size; see
     :func:`~torchinvariance.models.describe`), and expanded once and cached in eval mode (re-expanded when the
     weights are updated in place, moved or cast; in eval mode no gradient reaches the weights, as in escnn).
+
+    **escnn versions.** Written for escnn 1.0.x. escnn builds ``flipRot2dOnR2`` bases with scikit-learn's
+    ``randomized_svd`` when scikit-learn is installed, which fails on scikit-learn >= 1.2 (escnn issue #112); during
+    construction we make escnn use its SciPy SVD fallback instead.
 
     Args:
         order: rotation order :math:`N` of the gspace, 4 (90°, the paper's :math:`\mathbb{R}^2_4`) or 2 (180°);
