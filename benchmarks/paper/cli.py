@@ -25,7 +25,7 @@ import torchinvariance as ti
 from benchmarks.paper import data as D
 from benchmarks.paper import figures, report
 from benchmarks.paper.profiles import PROFILES, Profile, get_profile
-from benchmarks.paper.store import check_writable, load_state, read_json, save_state, write_json, write_text
+from benchmarks.paper.store import check_writable, copy_file, load_state, read_json, save_state, write_json, write_text
 from benchmarks.paper.train import (
     DIVERGENCES,
     GROUPS,
@@ -370,10 +370,25 @@ def summarize(
     return 0
 
 
+PUBLISHED = ("table1.md", "claims.md", "figure5_spectral.md", "results.json")
+
+
+def publish(args: argparse.Namespace) -> int:
+    """Copy a finished run's tables, figures and results.json (no checkpoints) to ``--to`` for the docs."""
+    src, dst = Path(args.results_dir), Path(args.to)
+    if not (src / "results.json").exists():
+        raise SystemExit(f"error: {src} has no results.json; run the benchmark first")
+    files = [src / name for name in PUBLISHED] + sorted(src.glob("figure*.png"))
+    for f in files:
+        copy_file(f, dst / f.name)
+    log(f"published {len(files)} files from {src} to {dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", nargs="?", default="run", choices=("run", "tune"), help="default: run")
+    p.add_argument("command", nargs="?", default="run", choices=("run", "tune", "publish"), help="default: run")
     p.add_argument("--profile", default="quick", help=f"one of {sorted(PROFILES)} (default: quick)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument(
@@ -393,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute finished runs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--to", default="docs/results/quick", help="publish: destination folder")
     return p
 
 
@@ -408,4 +424,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: unknown group(s) {bad}; expected some of {sorted(GROUPS)}")
     if args.results_dir is None:
         args.results_dir = str(Path("results") / args.profile)
+    if args.command == "publish":
+        return publish(args)
     return main_run(args)

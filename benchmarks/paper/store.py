@@ -51,6 +51,12 @@ def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text.encode()))
 
 
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy a file atomically."""
+    data = Path(src).read_bytes()
+    _atomic(dst, lambda fh: fh.write(data))
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())

@@ -79,6 +79,14 @@ def test_resume_skips_finished_runs_and_force_recomputes(tmp_path, tiny_profile,
     before["history"].pop("seconds")
     assert again == before
 
+    # publish copies tables, figures and results.json, but no checkpoints
+    pub = tmp_path / "pub"
+    assert cli.main(["publish", "--results-dir", str(res), "--to", str(pub)]) == 0
+    names = {p.name for p in pub.iterdir()}
+    assert {"table1.md", "claims.md", "results.json", "figure4_drift.png"} <= names
+    assert not any(n.endswith(".pt") for n in names)
+    assert (pub / "table1.md").read_text() == (res / "table1.md").read_text()
+
     # --force recomputes everything
     assert _run(tmp_path, "--force") == 0
     assert capsys.readouterr().err.count("done mnist_rotation_") == len(keys)
