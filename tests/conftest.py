@@ -3,10 +3,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 HAVE_ESCNN = importlib.util.find_spec("escnn") is not None
+
+# The suite's models are small: one thread per process is faster than two contending ones on the 2-core CI
+# machine (and the DDP test runs two processes).
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
