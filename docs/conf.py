@@ -18,6 +18,8 @@ import sys
 import typing
 from pathlib import Path
 
+import sphinx.ext.autosummary
+
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # document the working tree, also without an editable install
@@ -59,6 +61,8 @@ autodoc_typehints_description_target = "documented_params"
 autodoc_preserve_defaults = False
 autodoc_class_signature = "mixed"
 autosummary_generate = False  # the API pages are written by hand; autosummary only renders the tables
+# Summaries end at the first sentence; "(paper eq. 2)" is not one. Sphinx reads this tuple at call time.
+sphinx.ext.autosummary.WELL_KNOWN_ABBREVIATIONS = (*sphinx.ext.autosummary.WELL_KNOWN_ABBREVIATIONS, "eq.")
 
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
