@@ -303,7 +303,9 @@ class InvarianceLoss(_Composable):
     def _orbit_terms(self, x: Tensor, fx: Tensor, els: Sequence[int]) -> Tensor:
         """:meth:`_pair_terms` for non-identity elements ``els``: their orbit in one batched forward."""
         n, b = len(els), x.shape[0]
-        fgx = self.model(self.group.orbit(x, els).reshape(n * b, *x.shape[1:]))
+        # one element: its transform as is (stacking would copy the batch once more)
+        rows = self.group.act(els[0], x) if n == 1 else self.group.orbit(x, els).reshape(n * b, *x.shape[1:])
+        fgx = self.model(rows)
         if not isinstance(fgx, Tensor) or fgx.dim() == 0 or fgx.shape[0] != n * b:
             raise ValueError(
                 f"model output must be a tensor with the batch in dim 0 ({n * b}); got "
