@@ -21,7 +21,7 @@ class Profile:
     drift_n: int = 5000  # test samples per drift level
     tune_epochs: int = 0  # epochs of the tune sweep (0 = same as epochs)
     tune_si: int = 1000  # validation samples for SI in the tune sweep
-    nu_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    nu_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
     saliency_samples: int = 4  # rows of Figure 3
     tsne_samples: int = 200  # samples (x their orbit) in Figure 2
     est_minutes_cpu: float = 0.0  # rough estimate on a 2-core CPU, printed at start
@@ -55,7 +55,7 @@ PROFILES = {
         eval_si=1000,
         eval_jacobian=500,
         drift_n=5000,
-        tune_epochs=20,
+        tune_epochs=40,
         tune_si=500,
         est_minutes_cpu=30.0,
     ),

@@ -88,13 +88,13 @@ def test_committed_nu_config_is_valid():
             rows = entry["evidence"][g][d]
             chosen = values[g][d]
             assert any(r["nu"] == chosen for r in rows)
+            ordered = sorted(r["nu"] for r in rows)
+            assert ordered == sorted(entry["grid"])[: len(rows)]  # an ascending scan from the smallest nu
             if entry["criterion_met"][g][d]:
-                # the chosen nu reached the target and is the smallest such value on the grid
-                assert (
-                    next(r["nu"] for r in sorted(rows, key=lambda r: r["nu"]) if r["val_si"] >= cli.SI_TARGET) == chosen
-                )
+                # the chosen nu reached the target, every smaller grid value was trained and missed it
+                assert chosen == ordered[-1]
+                assert next(r for r in rows if r["nu"] == chosen)["val_si"] >= cli.SI_TARGET
                 assert all(r["val_si"] < cli.SI_TARGET for r in rows if r["nu"] < chosen)
-                grid = sorted(entry["grid"])
-                i = grid.index(chosen)
-                if i > 0:  # the grid value just below was trained and missed the target
-                    assert any(r["nu"] == grid[i - 1] for r in rows)
+            else:
+                assert len(rows) == len(entry["grid"])
+                assert chosen == max(rows, key=lambda r: r["val_si"])["nu"]

@@ -37,9 +37,7 @@ class TimeShift(ti.CyclicGroup):
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
         if x.shape[-1] % self.order:
-            raise ValueError(
-                f"{self!r} needs a signal length divisible by {self.order}; got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"{self!r} needs a signal length divisible by {self.order}; got shape {tuple(x.shape)}")
 
     def _act(self, g: int, x: Tensor) -> Tensor:
         shift = g * x.shape[-1] // self.order
