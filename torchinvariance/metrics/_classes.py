@@ -18,6 +18,7 @@ from torch import Tensor
 
 from torchinvariance.groups import Group
 from torchinvariance.metrics._functional import (
+    Backend,
     Padding,
     _check_group,
     _check_model,
@@ -205,7 +206,8 @@ class SaliencyInvariance(_InvarianceMetric):
     equal to :func:`~torchinvariance.saliency_invariance` with
     ``reduction="mean"`` on the concatenated data; the target class of each
     sample is the model's prediction on it. Accumulation, std and DDP
-    behaviour as in :class:`DistributionInvariance`. Needs captum
+    behaviour as in :class:`DistributionInvariance`. Integrated gradients run
+    in plain torch by default; ``backend="captum"`` needs captum
     (``pip install torchinvariance[saliency]``).
 
     Args:
@@ -215,8 +217,11 @@ class SaliencyInvariance(_InvarianceMetric):
         threshold: see :func:`~torchinvariance.saliency_map`.
         kernel_size: see :func:`~torchinvariance.saliency_map`.
         sigma: see :func:`~torchinvariance.saliency_map`.
-        internal_batch_size: captum chunk size (at least ``group.order * B``).
+        internal_batch_size: rows per forward/backward pass (at least
+            ``group.order * B``).
         padding: see :func:`~torchinvariance.saliency_map`.
+        backend: ``"torch"`` (default) or ``"captum"``, see
+            :func:`~torchinvariance.saliency_map`.
         sync_dist: reduce across processes when :mod:`torch.distributed` is
             initialized.
 
@@ -243,9 +248,10 @@ class SaliencyInvariance(_InvarianceMetric):
         internal_batch_size: int | None = None,
         *,
         padding: Padding = "circular",
+        backend: Backend = "torch",
         sync_dist: bool = True,
     ) -> None:
-        _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding)
+        _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
         super().__init__(
             model,
             group,
@@ -256,4 +262,5 @@ class SaliencyInvariance(_InvarianceMetric):
             sigma=sigma,
             internal_batch_size=internal_batch_size,
             padding=padding,
+            backend=backend,
         )

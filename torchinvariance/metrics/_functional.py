@@ -10,9 +10,11 @@ group elements, identity included, exactly as
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,6 +32,8 @@ __all__ = [
 Reduction = Literal["mean", "sum", "none"]
 Padding = Literal["circular", "reflect", "zeros"]
 _PADDINGS = ("circular", "reflect", "zeros")
+Backend = Literal["torch", "captum"]
+_BACKENDS = ("torch", "captum")
 _LOW = (torch.float16, torch.bfloat16)
 # Cosine similarity: maps are normalized by max(||m||, _EPS), so an all-zero map has similarity 0.
 _EPS = 1e-12
@@ -202,6 +206,7 @@ def _check_saliency_options(
     sigma: float,
     internal_batch_size: int | None,
     padding: str,
+    backend: str = "torch",
 ) -> None:
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
@@ -217,6 +222,11 @@ def _check_saliency_options(
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
     if padding not in _PADDINGS:
         raise ValueError(f"padding must be one of {_PADDINGS}, got {padding!r}")
+    if not isinstance(backend, str) or backend not in _BACKENDS:
+        raise ValueError(
+            f"backend must be one of {_BACKENDS} (integrated gradients in plain torch, or captum's "
+            f"IntegratedGradients), got {backend!r}"
+        )
 
 
 def _check_image_batch(x: Tensor) -> None:
@@ -263,7 +273,81 @@ def _resolve_target(
     return t
 
 
-def _integrated_gradients(
+def _steps_per_chunk(x: Tensor, n_steps: int, internal_batch_size: int | None) -> int:
+    """Integration steps per forward/backward pass; every pass holds all inputs of ``x`` at those steps."""
+    n_examples = x.shape[0]
+    if internal_batch_size is None:
+        return max(1, min(n_steps, _IG_BUDGET // max(1, x[0].numel() * n_examples)))
+    if internal_batch_size < n_examples:
+        raise ValueError(
+            f"internal_batch_size={internal_batch_size} is smaller than the {n_examples} inputs of one "
+            "integrated-gradients call (every chunk holds at least one step of every input); "
+            "use a larger internal_batch_size or smaller batches"
+        )
+    return min(n_steps, internal_batch_size // n_examples)
+
+
+@functools.lru_cache(maxsize=32)
+def _gauss_legendre(n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    r"""Gauss-Legendre positions :math:`\alpha_k` and weights :math:`w_k` on :math:`[0, 1]` (float64).
+
+    The ``n_steps``-point rule of :func:`numpy.polynomial.legendre.leggauss` on :math:`[-1, 1]`, mapped
+    to :math:`[0, 1]` (:math:`\alpha = (1 + t) / 2`, :math:`w = w_t / 2`): the default ``"gausslegendre"``
+    method of captum's ``IntegratedGradients``, so both backends evaluate the same points.
+    """
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    return tuple((0.5 * (1.0 + nodes)).tolist()), tuple((0.5 * weights).tolist())
+
+
+def _integrated_gradients_torch(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    n_steps: int,
+    internal_batch_size: int | None,
+) -> Tensor:
+    r"""Integrated gradients of ``f(x)[target]`` from a zero baseline in plain torch.
+
+    .. math::
+        \mathrm{IG}(x) = x \odot \sum_{k=1}^{K} w_k\,
+        \frac{\partial f_t(\alpha_k x)}{\partial x}
+
+    with the Gauss-Legendre rule of :func:`_gauss_legendre`, as captum computes it. Per chunk of steps the
+    scaled inputs of ALL steps and samples go through ONE forward; the target logits are gathered and
+    summed to one scalar, and ONE :func:`torch.autograd.grad` gives every row's gradient at once. The sum is
+    exact only because the rows are independent: row ``i`` of ``f(X)`` depends on row ``i`` of ``X`` alone,
+    so :math:`\partial (\sum_j f_{t_j}(X_j)) / \partial X_i = \partial f_{t_i}(X_i) / \partial X_i`. A
+    batch-dependent layer (BatchNorm in train mode, anything mixing rows) breaks this, hence the
+    requirement that the model is in ``eval()`` mode. Captum instead backpropagates every output scalar
+    separately (``torch.unbind``), which costs far more than the arithmetic.
+    """
+    n_examples = x.shape[0]
+    per_chunk = _steps_per_chunk(x, n_steps, internal_batch_size)
+    x = x.detach()
+    alphas, weights = _gauss_legendre(n_steps)
+    alphas_t = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+    weights_t = torch.tensor(weights, dtype=x.dtype, device=x.device)
+    bcast = (1,) * x.dim()
+    total = torch.zeros_like(x)
+    for start in range(0, n_steps, per_chunk):
+        k = min(per_chunk, n_steps - start)
+        # rows ordered (step, sample), as captum's torch.cat over the steps
+        scaled = (alphas_t[start : start + k].view(k, *bcast) * x).reshape(k * n_examples, *x.shape[1:])
+        scaled.requires_grad_(True)
+        with torch.enable_grad():
+            out = model(scaled)
+            if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != k * n_examples:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"saliency maps need a classifier returning logits ({k * n_examples}, classes); got {got}"
+                )
+            picked = out.gather(1, target.repeat(k)[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, scaled)
+        total += torch.tensordot(weights_t[start : start + k], grad.view(k, n_examples, -1), dims=1).view_as(x)
+    return total * x
+
+
+def _integrated_gradients_captum(
     model: Callable[[Tensor], Tensor],
     x: Tensor,
     target: Tensor,
@@ -275,18 +359,11 @@ def _integrated_gradients(
         from captum.attr import IntegratedGradients
     except ImportError as exc:  # pragma: no cover - exercised via monkeypatch
         raise ImportError(
-            f"saliency maps use captum's IntegratedGradients, which is not installed: {_INSTALL_HINT}"
+            f"backend='captum' uses captum's IntegratedGradients, which is not installed: {_INSTALL_HINT}"
         ) from exc
-    n_examples = x.shape[0]
+    steps_per_chunk = _steps_per_chunk(x, n_steps, internal_batch_size)
     if internal_batch_size is None:
-        steps_per_chunk = max(1, min(n_steps, _IG_BUDGET // max(1, x[0].numel() * n_examples)))
-        internal_batch_size = n_examples * steps_per_chunk
-    elif internal_batch_size < n_examples:
-        raise ValueError(
-            f"internal_batch_size={internal_batch_size} is smaller than the {n_examples} inputs of one "
-            "integrated-gradients call (captum needs at least one step of every input per chunk); "
-            "use a larger internal_batch_size or smaller batches"
-        )
+        internal_batch_size = x.shape[0] * steps_per_chunk
     ig = IntegratedGradients(model)
     x = x.detach()
     return ig.attribute(
@@ -296,6 +373,20 @@ def _integrated_gradients(
         n_steps=n_steps,
         internal_batch_size=internal_batch_size,
     ).detach()
+
+
+def _integrated_gradients(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    n_steps: int,
+    internal_batch_size: int | None,
+    backend: str = "torch",
+) -> Tensor:
+    """Integrated gradients of the whole batch ``x`` with the chosen backend (one call, chunked steps)."""
+    if backend == "captum":
+        return _integrated_gradients_captum(model, x, target, n_steps, internal_batch_size)
+    return _integrated_gradients_torch(model, x, target, n_steps, internal_batch_size)
 
 
 def _gaussian_kernel(kernel_size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -334,8 +425,9 @@ def _saliency_maps(
     sigma: float,
     internal_batch_size: int | None,
     padding: str,
+    backend: str = "torch",
 ) -> Tensor:
-    attr = _integrated_gradients(model, x, target, n_steps, internal_batch_size)
+    attr = _integrated_gradients(model, x, target, n_steps, internal_batch_size, backend)
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("integrated gradients contain NaN or Inf (non-finite model outputs or gradients)")
     return _postprocess(attr, threshold, kernel_size, sigma, padding)
@@ -352,12 +444,14 @@ def saliency_map(
     internal_batch_size: int | None = None,
     *,
     padding: Padding = "circular",
+    backend: Backend = "torch",
 ) -> Tensor:
     r"""Saliency map :math:`m_f(x)` of the paper (§4.1), one ``(H, W)`` map per sample.
 
-    1. absolute integrated gradients (captum ``IntegratedGradients``, zero
-       baseline, ``n_steps`` Gauss-Legendre steps) of the target logit,
-       summed over channels (all dims between batch and ``(H, W)``):
+    1. absolute integrated gradients (zero baseline, ``n_steps``
+       Gauss-Legendre steps, the default method of captum's
+       ``IntegratedGradients``) of the target logit, summed over channels
+       (all dims between batch and ``(H, W)``):
 
        .. math::
            a(x) = \sum_c \Big| x_c \odot \int_0^1
@@ -368,9 +462,18 @@ def saliency_map(
     3. a normalized Gaussian filter of size ``kernel_size`` and standard
        deviation ``sigma`` (a ``conv2d``; ``padding`` keeps the size).
 
-    The whole batch is attributed in one captum call. The channel sum comes
-    before the threshold, so the threshold applies to the per-sample map
-    (identical to the paper's recipe for single-channel images).
+    The default ``backend="torch"`` is a plain-torch implementation of
+    captum's integrated gradients (the same step positions and weights),
+    checked against captum in the tests: per chunk of steps, one forward of
+    all scaled inputs and one backward of the sum of the target logits,
+    which is exact because samples are independent in ``eval()`` mode
+    (batch-dependent layers such as BatchNorm in train mode would break it).
+    ``backend="captum"`` calls captum's ``IntegratedGradients`` instead (the
+    independent reference; slower, it backpropagates every output scalar
+    separately). Either way the whole batch is attributed in one call. The
+    channel sum comes before the threshold, so the threshold applies to the
+    per-sample map (identical to the paper's recipe for single-channel
+    images).
 
     Args:
         model: classifier returning logits ``(N, C)``; put it in ``eval()``
@@ -383,19 +486,24 @@ def saliency_map(
             zeroed (``0`` keeps everything).
         kernel_size: odd size of the Gaussian filter (``1`` disables it).
         sigma: standard deviation of the Gaussian filter, in pixels.
-        internal_batch_size: captum's ``internal_batch_size`` (at least ``B``);
-            default: all steps at once up to about :math:`2^{23}` input values
-            per pass, more passes beyond.
+        internal_batch_size: rows per forward/backward pass (captum's
+            ``internal_batch_size``; at least ``B``, each pass holds
+            ``internal_batch_size // B`` steps of every sample); default: all
+            steps at once up to about :math:`2^{23}` input values per pass,
+            more passes beyond.
         padding: border handling of the filter: ``"circular"`` (default; the
             only one that commutes with cyclic translations as well as rotations
             and flips, so an exactly invariant model gets SI = 1), ``"reflect"``
             or ``"zeros"``.
+        backend: ``"torch"`` (default, plain torch) or ``"captum"`` (captum's
+            ``IntegratedGradients``, needs the ``saliency`` extra).
 
     Returns:
         ``(B, H, W)`` non-negative maps (detached).
 
     Raises:
-        ImportError: captum is missing (``pip install torchinvariance[saliency]``).
+        ImportError: ``backend="captum"`` without captum
+            (``pip install torchinvariance[saliency]``).
         ValueError: bad options, ``target`` out of range, non-finite outputs.
 
     Example:
@@ -407,10 +515,10 @@ def saliency_map(
         (torch.Size([2, 6, 6]), True)
     """
     _check_model(model)
-    _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding)
+    _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
     _check_image_batch(x)
     t = _resolve_target(model, x, target)
-    return _saliency_maps(model, x, t, n_steps, threshold, kernel_size, sigma, internal_batch_size, padding)
+    return _saliency_maps(model, x, t, n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
 
 
 def saliency_invariance(
@@ -426,6 +534,7 @@ def saliency_invariance(
     reduction: Reduction = "mean",
     *,
     padding: Padding = "circular",
+    backend: Backend = "torch",
 ) -> Tensor:
     r"""Saliency invariance similarity SI (paper eq. 3); 1 means genuinely invariant decisions.
 
@@ -439,7 +548,9 @@ def saliency_invariance(
     acting with :math:`g^{-1}` before the comparison. Every map of the orbit
     is attributed to the SAME class, the target of :math:`x` (the prediction
     ``argmax f(x)`` unless ``target`` is given), and the whole orbit
-    (``group.order * B`` inputs) goes through ONE captum call. Maps are
+    (``group.order * B`` inputs) goes through ONE integrated-gradients call
+    (by default the plain-torch implementation, checked against captum in the
+    tests; see :func:`saliency_map`). Maps are
     normalized by :math:`\max(\lVert m \rVert_2, 10^{-12})`, so an all-zero
     map (e.g. for the input ``x = 0``) has similarity 0 with anything.
 
@@ -453,17 +564,20 @@ def saliency_invariance(
         threshold: see :func:`saliency_map`.
         kernel_size: see :func:`saliency_map`.
         sigma: see :func:`saliency_map`.
-        internal_batch_size: captum chunk size, at least ``group.order * B``.
+        internal_batch_size: rows per forward/backward pass, at least
+            ``group.order * B`` (see :func:`saliency_map`).
         reduction: ``"mean"`` (over samples and group elements), ``"sum"`` or
             ``"none"`` for the ``(group.order, B)`` matrix.
         padding: see :func:`saliency_map`.
+        backend: ``"torch"`` (default) or ``"captum"``, see :func:`saliency_map`.
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``
         (detached).
 
     Raises:
-        ImportError: captum is missing (``pip install torchinvariance[saliency]``).
+        ImportError: ``backend="captum"`` without captum
+            (``pip install torchinvariance[saliency]``).
         ValueError: bad options, a group that cannot act on ``x``, ``target``
             out of range, non-finite outputs.
 
@@ -480,7 +594,7 @@ def saliency_invariance(
     check_reduction(reduction)
     _check_model(model)
     _check_group(group)
-    _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding)
+    _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
     if group.event_ndim != 2:
         raise ValueError(
             f"saliency invariance needs a group acting on images (event_ndim=2); {group!r} has "
@@ -492,7 +606,7 @@ def saliency_invariance(
     t = _resolve_target(model, x, target)
     orbit = group.orbit(x).reshape(n * b, *x.shape[1:])
     maps = _saliency_maps(
-        model, orbit, t.repeat(n), n_steps, threshold, kernel_size, sigma, internal_batch_size, padding
+        model, orbit, t.repeat(n), n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend
     ).reshape(n, b, *x.shape[-2:])
     aligned = torch.stack([group.act(group.inverse(g), maps[i]) for i, g in enumerate(group.elements())])
     ref = F.normalize(maps[0].reshape(b, -1), dim=1, eps=_EPS)

@@ -33,7 +33,7 @@ __all__ = ["InvarianceReport", "evaluate_invariance"]
 
 MetricName = Literal["accuracy", "di", "li", "si"]
 METRICS = ("accuracy", "di", "li", "si")
-_SALIENCY_OPTIONS = ("n_steps", "threshold", "kernel_size", "sigma", "internal_batch_size", "padding")
+_SALIENCY_OPTIONS = ("n_steps", "threshold", "kernel_size", "sigma", "internal_batch_size", "padding", "backend")
 _LABELS = {"accuracy": "accuracy", "di": "DI", "li": "LI", "si": "SI"}
 
 
@@ -195,7 +195,7 @@ def evaluate_invariance(
         progress: show a ``tqdm`` progress bar.
         **saliency_kwargs: options of :func:`~torchinvariance.saliency_invariance`
             (``n_steps``, ``threshold``, ``kernel_size``, ``sigma``,
-            ``internal_batch_size``, ``padding``).
+            ``internal_batch_size``, ``padding``, ``backend``).
 
     Returns:
         The :class:`InvarianceReport`.
