@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from torchinvariance.groups import Group
+from torchinvariance._checks import check_model
+from torchinvariance.groups import Group, check_group
 
 __all__ = [
     "DIVERGENCES",
@@ -246,10 +247,8 @@ class InvarianceLoss(_Composable):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(group, Group):
-            raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
-        if not callable(model):
-            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        check_group(group)
+        check_model(model)
         self.model = model
         self.group = group
         self.divergence = divergence

@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from torchinvariance.groups import Group
+from torchinvariance._checks import check_model
+from torchinvariance.groups import Group, check_group
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_invariant", "invariance_error"]
 
@@ -53,10 +54,8 @@ def _measure(
     dtype: torch.dtype | None,
 ) -> tuple[Tensor, Tensor, list[int], torch.dtype]:
     """Per-sample deviations ``(n, B)``, the scale ``max |f(x)|``, the elements and the output dtype."""
-    if not isinstance(group, Group):
-        raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    check_group(group)
+    check_model(model)
     if not isinstance(x, Tensor) or x.dim() <= group.event_ndim or x.shape[0] == 0:
         raise ValueError(
             f"x must be a non-empty batch (B, ...) with more than {group.event_ndim} dims for {group!r}; "

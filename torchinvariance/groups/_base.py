@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CyclicGroup", "Group"]
+__all__ = ["CyclicGroup", "Group", "check_group"]
 
 
 class Group(abc.ABC):
@@ -184,3 +184,10 @@ class CyclicGroup(Group):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self._order})"
+
+
+def check_group(group: object) -> Group:
+    """Return ``group`` if it is a :class:`Group`, else raise :class:`TypeError` saying what arrived."""
+    if not isinstance(group, Group):
+        raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
+    return group

@@ -16,12 +16,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from torchinvariance.groups import Group
+from torchinvariance._checks import check_model
+from torchinvariance.groups import Group, check_group
 from torchinvariance.metrics._functional import (
     Backend,
     Padding,
-    _check_group,
-    _check_model,
     _check_saliency_options,
     distribution_invariance,
     logit_invariance,
@@ -101,8 +100,8 @@ class _InvarianceMetric(_OrbitAccumulator):
     _needs_grad = False
 
     def __init__(self, model: Callable[[Tensor], Tensor], group: Group, *, sync_dist: bool = True, **options: Any):
-        _check_model(model)
-        _check_group(group)
+        check_model(model)
+        check_group(group)
         self.model = model
         self.group = group
         self.options = options

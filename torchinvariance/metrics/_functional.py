@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torchinvariance.groups import Group
+from torchinvariance._checks import check_model
+from torchinvariance.groups import Group, check_group
 from torchinvariance.losses import check_reduction, kl_divergence, l2_divergence, reduce
 
 __all__ = [
@@ -43,16 +44,6 @@ _INSTALL_HINT = "pip install torchinvariance[saliency]"
 
 
 # ---------------------------------------------------------------------------- validation helpers
-def _check_model(model: Callable[[Tensor], Tensor]) -> None:
-    if not callable(model):
-        raise TypeError(f"model must be callable (e.g. an nn.Module), got {type(model).__name__}")
-
-
-def _check_group(group: Group) -> None:
-    if not isinstance(group, Group):
-        raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
-
-
 def _check_batch(group: Group, x: Tensor) -> None:
     """``x`` must be a non-empty batch ``(B, ...)`` that ``group`` can act on."""
     if not isinstance(x, Tensor):
@@ -75,8 +66,8 @@ def _check_finite(out: Tensor, group: Group, what: str = "model output") -> None
 
 def _orbit_outputs(model: Callable[[Tensor], Tensor], group: Group, x: Tensor) -> Tensor:
     """Model outputs on the whole orbit in ONE batched forward: ``(group.order, B, ...)``."""
-    _check_model(model)
-    _check_group(group)
+    check_model(model)
+    check_group(group)
     _check_batch(group, x)
     n, b = group.order, x.shape[0]
     out = model(group.orbit(x).reshape(n * b, *x.shape[1:]))
@@ -514,7 +505,7 @@ def saliency_map(
         >>> m.shape, bool((m >= 0).all())
         (torch.Size([2, 6, 6]), True)
     """
-    _check_model(model)
+    check_model(model)
     _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
     _check_image_batch(x)
     t = _resolve_target(model, x, target)
@@ -592,8 +583,8 @@ def saliency_invariance(
         True
     """
     check_reduction(reduction)
-    _check_model(model)
-    _check_group(group)
+    check_model(model)
+    check_group(group)
     _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
     if group.event_ndim != 2:
         raise ValueError(

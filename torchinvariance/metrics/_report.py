@@ -13,7 +13,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from torchinvariance.groups import Group
+from torchinvariance._checks import check_model
+from torchinvariance.groups import Group, check_group
 from torchinvariance.losses import kl_divergence, l2_divergence
 from torchinvariance.metrics._classes import (
     DistributionInvariance,
@@ -22,9 +23,7 @@ from torchinvariance.metrics._classes import (
     _OrbitAccumulator,
 )
 from torchinvariance.metrics._functional import (
-    _check_group,
     _check_logits,
-    _check_model,
     _divergence_terms,
     _orbit_outputs,
 )
@@ -217,8 +216,8 @@ def evaluate_invariance(
         >>> sorted(json.loads(json.dumps(report.to_dict())))
         ['accuracy', 'di', 'elements', 'group', 'li', 'n_samples', 'si']
     """
-    _check_model(model)
-    _check_group(group)
+    check_model(model)
+    check_group(group)
     names = _check_metrics(metrics)
     unknown = sorted(set(saliency_kwargs) - set(_SALIENCY_OPTIONS))
     if unknown:

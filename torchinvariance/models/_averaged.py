@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from torchinvariance.groups import Group
+from torchinvariance._checks import check_model
+from torchinvariance.groups import Group, check_group
 
 __all__ = ["GroupAveraged"]
 
@@ -34,10 +35,8 @@ class GroupAveraged(nn.Module):
 
     def __init__(self, model: nn.Module, group: Group) -> None:
         super().__init__()
-        if not isinstance(group, Group):
-            raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
-        if not callable(model):
-            raise TypeError(f"model must be callable, got {type(model).__name__}")
+        check_group(group)
+        check_model(model)
         self.model = model
         self.group = group
 
