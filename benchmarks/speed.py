@@ -271,6 +271,21 @@ def _ratio(a: Stats, b: Stats) -> float:
     return statistics.median(x / y for x, y in zip(a.round_medians, b.round_medians))
 
 
+def _step_rows(b: Bench, stats: dict, losses: dict, steps: dict, params: list) -> list[dict]:
+    """One table row per training-step case: time, noise, saved-tensor memory and the CUDA peak."""
+    return [
+        {
+            "case": name,
+            "median_ms": st.median * 1e3,
+            "iqr_rel": st.spread,
+            "blocks": st.blocks,
+            "saved_mb": _mb(saved_bytes(losses[name], params)),
+            "cuda_peak_mb": _mb(cuda_peak_bytes(steps[name], b.device)),
+        }
+        for name, st in stats.items()
+    ]
+
+
 def section_training(b: Bench) -> None:
     print("\n== 1. training step", flush=True)
     group = ti.get_group("rotation", order=4)
@@ -279,18 +294,7 @@ def section_training(b: Bench) -> None:
     steps = {name: _train_step(model, fn) for name, fn in losses.items()}
     stats = measure(steps, b.cfg, b.threads)
     params = list(model.parameters())
-    rows = []
-    for name, st in stats.items():
-        rows.append(
-            {
-                "case": name,
-                "median_ms": st.median * 1e3,
-                "iqr_rel": st.spread,
-                "blocks": st.blocks,
-                "saved_mb": _mb(saved_bytes(losses[name], params)),
-                "cuda_peak_mb": _mb(cuda_peak_bytes(steps[name], b.device)),
-            }
-        )
+    rows = _step_rows(b, stats, losses, steps, params)
     ratios = {
         "ir/bound": _ratio(stats["ir"], stats["bound"]),
         "naive/ir": _ratio(stats["naive"], stats["ir"]),
@@ -367,18 +371,7 @@ def section_scaling(b: Bench) -> None:
         losses[f"ir order=8 elements={k}"] = ir_loss(reg)
     steps = {name: _train_step(model, fn) for name, fn in losses.items()}
     stats = measure(steps, b.cfg, b.threads)
-    rows = []
-    for name, st in stats.items():
-        rows.append(
-            {
-                "case": name,
-                "median_ms": st.median * 1e3,
-                "iqr_rel": st.spread,
-                "blocks": st.blocks,
-                "saved_mb": _mb(saved_bytes(losses[name], params)),
-                "cuda_peak_mb": _mb(cuda_peak_bytes(steps[name], b.device)),
-            }
-        )
+    rows = _step_rows(b, stats, losses, steps, params)
     by = {r["case"]: r for r in rows}
     ratios: dict[str, float] = {}
     for n in groups:
