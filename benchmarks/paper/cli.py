@@ -189,8 +189,14 @@ def estimate_minutes(profile: Profile, specs: list[RunSpec], device: torch.devic
         times.append(time.perf_counter() - t)
     step = sorted(times)[1]
     steps = math.ceil(len(data.train) / profile.batch_size) * profile.epochs
-    # IR/WT steps cost about an orbit's worth; DA about a quarter of that; plus evaluation (~40%)
-    per_run = step * steps * 1.4
+    # SI (50-step integrated gradients over the orbit) dominates the evaluation at large eval_si: time it too
+    model.eval()
+    xs = data.test.x[:32].to(device)
+    t = time.perf_counter()
+    ti.saliency_invariance(model, group, xs)
+    si_per_sample = (time.perf_counter() - t) / len(xs)
+    # IR/WT steps cost about an orbit's worth, DA about a quarter of that; +20% for the rest of the evaluation
+    per_run = step * steps * 1.2 + si_per_sample * profile.eval_si
     return per_run * len(specs) / 60.0
 
 
