@@ -28,6 +28,18 @@ def make_group(spec):
     return ti.get_group(name, **params)
 
 
+class Reverse(ti.CyclicGroup):
+    """A test-only 1-D group (time reversal of ``(..., T)`` signals), as a plugin would define one."""
+
+    event_ndim = 1
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def _act(self, g, x):
+        return x.flip(-1) if g else x
+
+
 def mlp(in_features: int, classes: int = 5, hidden: int = 16, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, classes)).to(dtype)

@@ -5,20 +5,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import Reverse
 
 import torchinvariance as ti
 from torchinvariance.registry import GroupRegistry
-
-
-class _Reverse(ti.CyclicGroup):
-    name = "reverse1d"
-    event_ndim = 1
-
-    def __init__(self):
-        super().__init__(2)
-
-    def _act(self, g, x):
-        return x.flip(-1) if g else x
 
 
 class _FakeEntryPoint:
@@ -42,7 +32,7 @@ class _PluginModule:
     @staticmethod
     @ti.hookimpl
     def torchinvariance_register_groups(register):
-        register("reverse1d", _Reverse)
+        register("reverse1d", Reverse)
 
 
 def _fake_distributions(monkeypatch, dists):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import BUILTIN_GROUPS, OrbitAveraged, group_id, make_group, mlp
+from helpers import BUILTIN_GROUPS, OrbitAveraged, Reverse, group_id, make_group, mlp
 from torch import nn
 
 import torchinvariance as ti
@@ -146,15 +146,6 @@ def test_nan_fails():
 
 
 def test_plain_functions_and_one_dimensional_groups():
-    class Reverse(ti.CyclicGroup):
-        event_ndim = 1
-
-        def __init__(self):
-            super().__init__(2)
-
-        def _act(self, g, x):
-            return x.flip(-1) if g else x
-
     x = torch.randn(3, 7, dtype=torch.float64)
 
     def total(z):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import BUILTIN_GROUPS, group_id, make_group, train_non_invariant
+from helpers import BUILTIN_GROUPS, Reverse, group_id, make_group, train_non_invariant
 from torch import nn
 
 import torchinvariance as ti
@@ -78,22 +78,12 @@ class SignalShift(ti.CyclicGroup):
         return x.roll(g * x.shape[-1] // self.order, dims=-1)
 
 
-class SignalReversal(ti.CyclicGroup):
-    event_ndim = 1
-
-    def __init__(self):
-        super().__init__(2)
-
-    def _act(self, g, x):
-        return x.flip(-1) if g else x
-
-
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("in_shape", [(16,), (3, 16)])
 def test_plugin_style_one_dimensional_groups(in_shape, pool):
     registry = ti.GroupRegistry(autoload=False)
     registry.register("test_signal_shift", SignalShift, provider="tests")
-    registry.register("test_signal_reversal", SignalReversal, provider="tests")
+    registry.register("test_signal_reversal", Reverse, provider="tests")
     torch.manual_seed(0)
     x = torch.randn(5, *in_shape)
     for group in (registry.get("test_signal_shift", order=4), registry.get("test_signal_reversal")):
