@@ -36,7 +36,7 @@ class Reverse(ti.CyclicGroup):
     def __init__(self) -> None:
         super().__init__(2)
 
-    def _act(self, g, x):
+    def transform(self, g, x):
         return x.flip(-1) if g else x
 
 
@@ -53,9 +53,7 @@ class OrbitAveraged(nn.Module):
         self.model, self.group = model, group
 
     def forward(self, x):
-        orbit = self.group.orbit(x)
-        out = self.model(orbit.reshape(-1, *x.shape[1:]))
-        return out.reshape(self.group.order, x.shape[0], *out.shape[1:]).mean(0)
+        return ti.orbit_forward(self.model, self.group, x).mean(0)
 
 
 def train_non_invariant(model: nn.Module, group: ti.Group, x, steps: int = 4, lr: float = 1e-2, classes: int = 5):

@@ -4,20 +4,15 @@ The public API is flat: ``import torchinvariance as ti`` and use ``ti.get_group`
 ``ti.InvarianceLoss``, ... See the documentation for the full reference.
 """
 
-from torchinvariance import groups, metrics, models, spectral, testing
-from torchinvariance._hooks import hookimpl, hookspec
+from torchinvariance import divergences, groups, metrics, models, orbit, registry, spectral, testing
+from torchinvariance.divergences import kl_divergence, l2_divergence, normalized_l2_divergence
 from torchinvariance.groups import CyclicGroup, Dihedral, Flip, Group, Rotation, Translation
-from torchinvariance.losses import (
-    InvarianceLoss,
-    WeightedInvarianceLoss,
-    kl_divergence,
-    l2_divergence,
-    normalized_l2_divergence,
-)
+from torchinvariance.losses import InvarianceLoss, WeightedInvarianceLoss
 from torchinvariance.metrics import (
     DistributionInvariance,
     InvarianceReport,
     LogitInvariance,
+    SaliencyConfig,
     SaliencyInvariance,
     distribution_invariance,
     evaluate_invariance,
@@ -26,7 +21,8 @@ from torchinvariance.metrics import (
     saliency_map,
 )
 from torchinvariance.models import MLP, EscnnInvariantMLP, GroupAveraged, GroupInvariantMLP
-from torchinvariance.registry import GroupRegistry, get_group, list_groups, register_group
+from torchinvariance.orbit import orbit_forward
+from torchinvariance.registry import GroupRegistry, get_group, hookimpl, hookspec, list_groups, register_group
 from torchinvariance.spectral import jacobian_spectral_norm, weight_spectral_norms
 from torchinvariance.testing import assert_invariant, invariance_error
 
@@ -47,12 +43,14 @@ __all__ = [
     "LogitInvariance",
     "MLP",
     "Rotation",
+    "SaliencyConfig",
     "SaliencyInvariance",
     "Translation",
     "WeightedInvarianceLoss",
     "__version__",
     "assert_invariant",
     "distribution_invariance",
+    "divergences",
     "evaluate_invariance",
     "get_group",
     "groups",
@@ -67,7 +65,10 @@ __all__ = [
     "metrics",
     "models",
     "normalized_l2_divergence",
+    "orbit",
+    "orbit_forward",
     "register_group",
+    "registry",
     "saliency_invariance",
     "saliency_map",
     "spectral",

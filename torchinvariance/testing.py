@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
 from torchinvariance.groups import Group, check_group
+from torchinvariance.orbit import orbit_forward
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_invariant", "invariance_error"]
 
@@ -61,19 +62,18 @@ def _measure(
             f"x must be a non-empty batch (B, ...) with more than {group.event_ndim} dims for {group!r}; "
             f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
         )
-    els = list(group.elements()) if elements is None else [int(g) for g in elements]
+    if elements is None:
+        els = list(group.elements())
+    else:
+        if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence):
+            raise TypeError(f"elements must be a sequence of group elements (e.g. [1, 2]) or None; got {elements!r}")
+        els = [group.check_element(g) for g in elements]
     if not els:
         raise ValueError("elements must not be empty")
     model, x = _cast(model, x, dtype)
-    orbit = group.orbit(x, els)  # (n, B, ...); validates the elements
+    with torch.no_grad():  # one forward: x (as the identity), then every requested element
+        out = orbit_forward(model, group, x, [group.identity, *els])
     batch = x.shape[0]
-    with torch.no_grad():
-        out = model(torch.cat([x.unsqueeze(0), orbit]).flatten(0, 1))  # one forward: x, then the whole orbit
-    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != (len(els) + 1) * batch:
-        raise ValueError(
-            f"the model must return one output per sample: fed {(len(els) + 1) * batch} samples, got "
-            f"{type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}"
-        )
     out = out.reshape(len(els) + 1, batch, -1)
     ref = out[0]
     deviation = (out[1:] - ref).abs().amax(-1) if out.shape[-1] else out.new_zeros(len(els), batch)

@@ -13,25 +13,26 @@ import torch
 from torch import Tensor, nn
 
 import torchinvariance as ti
-from benchmarks.paper.train import GROUP_LABELS
+from benchmarks._common import atomic_write
+from benchmarks.paper.labels import GROUP_LABELS, MODEL_LABELS, group_label
 
-MODEL_STYLE = {
-    "DA": {"color": "tab:red", "label": "DA"},
-    "WT": {"color": "tab:blue", "label": "WT"},
-    "IR-l2": {"color": "tab:green", "label": "IR (L2)"},
-    "IR-kl": {"color": "tab:purple", "label": "IR (KL)"},
-    "IR-normalized_l2": {"color": "tab:olive", "label": "IR (norm. L2)"},
+MODEL_COLORS = {
+    "DA": "tab:red",
+    "WT": "tab:blue",
+    "IR-l2": "tab:green",
+    "IR-kl": "tab:purple",
+    "IR-normalized_l2": "tab:olive",
 }
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
+    """Render ``fig`` as PNG in memory, close it, and write the bytes atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
 
 
 def realigned_saliency(model: nn.Module, group: ti.Group, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,7 +61,7 @@ def figure3(models: dict[str, nn.Module], group: ti.Group, x: Tensor, path: Path
         for s in range(b):
             row = mi * b + s
             axes[row, 0].imshow(images[0, s].cpu().numpy(), cmap="gray")
-            axes[row, 0].set_ylabel(f"{MODEL_STYLE[name]['label']}\nsample {s}", fontsize=8)
+            axes[row, 0].set_ylabel(f"{MODEL_LABELS[name]}\nsample {s}", fontsize=8)
             for i, g in enumerate(group.elements()):
                 axes[row, i + 1].imshow(maps[i, s].detach().cpu().numpy(), cmap="inferno")
                 if row == 0:
@@ -69,7 +70,7 @@ def figure3(models: dict[str, nn.Module], group: ti.Group, x: Tensor, path: Path
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0, 0].set_title("input x", fontsize=7)
-    fig.suptitle(f"Figure 3: saliency over the {GROUP_LABELS.get(group.name, group.name)} orbit, re-aligned")
+    fig.suptitle(f"Figure 3: saliency over the {group_label(group.name)} orbit, re-aligned")
     _save(fig, path)
 
 
@@ -84,9 +85,9 @@ def figure4(drift: dict, path: Path) -> None:
             if not curve:
                 continue
             betas = [p["beta"] for p in curve]
-            st = MODEL_STYLE[m]
-            ax.plot(betas, [p["di"] for p in curve], "-o", ms=3, color=st["color"], label=f"{st['label']} DI")
-            ax2.plot(betas, [p["acc_ratio"] for p in curve], "--", color=st["color"], label=f"{st['label']} acc")
+            color, label = MODEL_COLORS[m], MODEL_LABELS[m]
+            ax.plot(betas, [p["di"] for p in curve], "-o", ms=3, color=color, label=f"{label} DI")
+            ax2.plot(betas, [p["acc_ratio"] for p in curve], "--", color=color, label=f"{label} acc")
         ax.set_xlabel(r"drift $\beta$  (MNIST $\rightarrow$ FMNIST)")
         ax.set_ylabel("DI (KL)")
         ax2.set_ylabel(r"Acc$(D(\beta))$ / Acc$(D(0))$")
@@ -112,10 +113,10 @@ def figure5(agg: dict, path: Path) -> None:
             range(len(present)),
             means,
             yerr=stds,
-            color=[MODEL_STYLE[m]["color"] for m in present],
+            color=[MODEL_COLORS[m] for m in present],
             capsize=3,
         )
-        ax.set_xticks(range(len(present)), [MODEL_STYLE[m]["label"] for m in present], fontsize=8)
+        ax.set_xticks(range(len(present)), [MODEL_LABELS[m] for m in present], fontsize=8)
         ax.set_ylabel(r"$\sigma_{max}(J)$")
         ax.set_title(GROUP_LABELS[g])
     fig.suptitle("Figure 5: invariance-induced spectral decay")
@@ -132,7 +133,7 @@ def figure2(models: dict[str, nn.Module], group: ti.Group, x: Tensor, y: Tensor,
     n, b = group.order, x.shape[0]
     for ax, name in zip(axes[0], names):
         with torch.no_grad():
-            feats = models[name].features(group.orbit(x).reshape(n * b, *x.shape[1:])).cpu()
+            feats = ti.orbit_forward(models[name].features, group, x).reshape(n * b, -1).cpu()
         emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, n * b // 4)).fit_transform(
             feats.numpy()
         )
@@ -142,8 +143,8 @@ def figure2(models: dict[str, nn.Module], group: ti.Group, x: Tensor, y: Tensor,
         for s in range(min(5, b)):
             ring = [*list(range(n)), 0]
             ax.plot(emb[ring, s, 0], emb[ring, s, 1], "k-", lw=0.6)
-        ax.set_title(f"{MODEL_STYLE[name]['label']}: penultimate layer")
+        ax.set_title(f"{MODEL_LABELS[name]}: penultimate layer")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Figure 2: t-SNE over {GROUP_LABELS.get(group.name, group.name)} orbits (lines: one orbit)")
+    fig.suptitle(f"Figure 2: t-SNE over {group_label(group.name)} orbits (lines: one orbit)")
     _save(fig, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from benchmarks.paper.train import GROUP_LABELS
+from benchmarks.paper.labels import GROUP_LABELS, TABLE_MODELS
 
 # Table 1 of the paper (Transforming-MNIST), for side-by-side display only: (mean, std).
 PAPER_TABLE1 = {
@@ -20,7 +20,6 @@ PAPER_TABLE1 = {
         "IR": {"acc": (93.1, 0.1), "li": (0.01, 0.0), "di": (0.0, 0.0), "si": (0.95, 0.07)},
     },
 }
-TABLE_MODELS = {"WT": "WT", "WT-escnn": "WT (escnn)", "DA": "DA", "IR-l2": "IR"}
 
 
 def run_numbers(metrics: dict) -> dict[str, float]:

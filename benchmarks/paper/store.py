@@ -1,15 +1,16 @@
-"""Crash-safe result storage: every file is written to a temp file and renamed into place."""
+"""Crash-safe result storage: every file goes through :func:`benchmarks._common.atomic_write`."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks._common import atomic_write
 
 
 def _clean(obj: Any) -> Any:
@@ -25,39 +26,20 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; results are ordinary files
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically."""
     text = json.dumps(_clean(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, text)
 
 
 def write_text(path: Path, text: str) -> None:
     """Write text atomically."""
-    _atomic(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, text)
 
 
 def copy_file(src: Path, dst: Path) -> None:
     """Copy a file atomically."""
-    data = Path(src).read_bytes()
-    _atomic(dst, lambda fh: fh.write(data))
+    atomic_write(dst, Path(src).read_bytes())
 
 
 def read_json(path: Path) -> Any:
@@ -67,7 +49,9 @@ def read_json(path: Path) -> Any:
 
 def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Save a plain ``state_dict`` atomically."""
-    _atomic(path, lambda fh: torch.save(state, fh))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 import torchinvariance as ti
 from benchmarks.paper.data import NUM_CLASSES, Split, TransformingDataset, augment
+from benchmarks.paper.labels import IR_MODELS
 from benchmarks.paper.profiles import Profile
 
 IN_SHAPE = (1, 36, 36)
@@ -22,9 +23,6 @@ GROUPS = {
     "rotation": {"name": "rotation", "order": 4},  # R^2_4
     "translation": {"name": "translation", "order": 3, "axis": "x"},  # T^2_3
 }
-GROUP_LABELS = {"rotation": "R^2_4", "translation": "T^2_3"}
-DIVERGENCES = ("l2", "kl", "normalized_l2")
-IR_MODELS = {f"IR-{d}": d for d in DIVERGENCES}
 
 
 def make_group(name: str) -> ti.Group:

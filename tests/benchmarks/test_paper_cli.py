@@ -1,5 +1,6 @@
 """Command-line behaviour of `python -m benchmarks.paper` that needs no training."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.paper import cli, store
+from benchmarks.paper import cli, store, tune
+from benchmarks.paper.config import PublishConfig, RunConfig
 from benchmarks.paper.profiles import get_profile
 
 
@@ -24,8 +26,36 @@ def test_unknown_profile_and_group(tmp_path):
     assert "unknown group(s) ['scale']" in _exit_message(["--groups", "scale", "--results-dir", str(tmp_path)])
 
 
-def test_bad_device(tmp_path):
+def test_bad_device(tmp_path, monkeypatch):
     assert "--device must be auto, cpu or cuda" in _exit_message(["--device", "tpu", "--results-dir", str(tmp_path)])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "torch.cuda.is_available() is False" in _exit_message(["--device", "cuda", "--results-dir", str(tmp_path)])
+
+
+def test_command_line_is_parsed_once_into_a_frozen_config(tmp_path):
+    cfg = cli.parse(["tune", "--profile", "smoke", "--groups", "rotation", "--device", "cpu", "--seed", "3"])
+    assert isinstance(cfg, RunConfig) and dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 4
+    assert cfg.command == "tune" and cfg.profile is get_profile("smoke") and cfg.device == torch.device("cpu")
+    assert cfg.groups == ("rotation",) and cfg.seed == 3 and cfg.threads == 0 and cfg.progress
+    assert cfg.results_dir == Path("results/smoke")
+    # the smoke profile without --nu-config tunes into its own results folder, and `run` tunes first
+    assert cfg.nu_config == Path("results/smoke/nu.json") and not cfg.tune_first
+    assert cli.parse(["--profile", "smoke"]).tune_first
+    cfg = cli.parse(["run", "--results-dir", str(tmp_path), "--no-progress", "--threads", "2", "--force"])
+    assert cfg.profile.name == "quick" and cfg.nu_config == tune.NU_CONFIG and not cfg.tune_first
+    assert cfg.results_dir == tmp_path and cfg.force and cfg.threads == 2 and not cfg.progress
+    assert cfg.command_line.startswith("python -m benchmarks.paper run --results-dir")
+    assert cli.parse(["--nu-config", str(tmp_path / "nu.json"), "--profile", "smoke"]).nu_config == tmp_path / "nu.json"
+    pub = cli.parse(["publish", "--results-dir", str(tmp_path), "--to", str(tmp_path / "pub")])
+    assert pub == PublishConfig(results_dir=tmp_path, to=tmp_path / "pub")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pub.to = tmp_path
+
+
+def test_publish_without_results(tmp_path):
+    assert "has no results.json" in _exit_message(["publish", "--results-dir", str(tmp_path), "--to", str(tmp_path)])
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
@@ -75,10 +105,10 @@ def test_state_dict_roundtrip_weights_only(tmp_path):
 
 
 def test_committed_nu_config_is_valid():
-    path = cli.NU_CONFIG
+    path = tune.NU_CONFIG
     cfg = json.loads(Path(path).read_text())
-    assert cfg["format_version"] == cli.NU_FORMAT
-    values, _source = cli.load_nu(path, get_profile("quick"))
+    assert cfg["format_version"] == tune.NU_FORMAT
+    values, _source = tune.load_nu(path, get_profile("quick"))
     for g in ("rotation", "translation"):
         for d in ("l2", "kl", "normalized_l2"):
             assert values[g][d] > 0
@@ -93,8 +123,8 @@ def test_committed_nu_config_is_valid():
             if entry["criterion_met"][g][d]:
                 # the chosen nu reached the target, every smaller grid value was trained and missed it
                 assert chosen == ordered[-1]
-                assert next(r for r in rows if r["nu"] == chosen)["val_si"] >= cli.SI_TARGET
-                assert all(r["val_si"] < cli.SI_TARGET for r in rows if r["nu"] < chosen)
+                assert next(r for r in rows if r["nu"] == chosen)["val_si"] >= tune.SI_TARGET
+                assert all(r["val_si"] < tune.SI_TARGET for r in rows if r["nu"] < chosen)
             else:
                 assert len(rows) == len(entry["grid"])
                 assert chosen == max(rows, key=lambda r: r["val_si"])["nu"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks.paper import cli
+from benchmarks.paper import cli, pipeline
 from benchmarks.paper.profiles import PROFILES
 
 TINY = dataclasses.replace(
@@ -44,7 +44,7 @@ def test_resume_skips_finished_runs_and_force_recomputes(tmp_path, tiny_profile,
     keys = sorted(results["runs"])
     assert keys == sorted(
         f"mnist_rotation_{m}_s0"
-        for m in ["WT", "DA", "IR-l2", "IR-kl", "IR-normalized_l2"] + (["WT-escnn"] if cli.have_escnn() else [])
+        for m in ["WT", "DA", "IR-l2", "IR-kl", "IR-normalized_l2"] + (["WT-escnn"] if pipeline.have_escnn() else [])
     )
     for name in [
         "table1.md",
@@ -55,6 +55,8 @@ def test_resume_skips_finished_runs_and_force_recomputes(tmp_path, tiny_profile,
         "figure2_tsne_rotation.png",
     ]:
         assert (res / name).stat().st_size > 0, name
+    assert {"date", "device", "cpu", "threads", "torch", "python", "git_commit"} <= set(results["machine"])
+    assert results["machine"]["device"] == "cpu" or results["machine"]["device"].startswith("cuda")
     claims = results["claims"]
     assert claims and all(c["status"] in ("PASS", "FAIL") for c in claims)
     first = {k: (res / "runs" / k / "metrics.json").read_text() for k in keys}

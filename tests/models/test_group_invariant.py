@@ -74,7 +74,7 @@ class SignalShift(ti.CyclicGroup):
 
     event_ndim = 1
 
-    def _act(self, g, x):
+    def transform(self, g, x):
         return x.roll(g * x.shape[-1] // self.order, dims=-1)
 
 

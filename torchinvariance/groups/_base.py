@@ -6,6 +6,8 @@ This layer knows nothing about models, losses or metrics.
 from __future__ import annotations
 
 import abc
+import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -19,14 +21,18 @@ class Group(abc.ABC):
 
     Elements are the integers ``0 .. order - 1``; ``0`` is the identity. A
     subclass provides the Cayley table through :meth:`compose` and
-    :meth:`inverse` and the action through :meth:`_act`. The action is a left
-    action: acting with ``compose(g, h)`` equals acting with ``h``, then ``g``:
+    :meth:`inverse` and the action through :meth:`transform`, the one hook a
+    plugin author implements (:meth:`act` validates, then calls it). The
+    action is a left action: acting with ``compose(g, h)`` equals acting with
+    ``h``, then ``g``:
 
     .. math::
         (g h) \cdot x = g \cdot (h \cdot x), \qquad e \cdot x = x .
 
     Attributes:
-        name: registry name of the group.
+        name: the name the group was built under: :func:`~torchinvariance.get_group`
+            sets it to the registry name; a directly constructed group keeps its
+            class default (e.g. ``"rotation"``).
         exact: ``True`` when the action permutes pixels exactly (no
             interpolation), so that the axioms hold bit for bit.
         event_ndim: number of trailing dimensions the group acts on.
@@ -70,7 +76,7 @@ class Group(abc.ABC):
 
     def element_name(self, g: int) -> str:
         """A human-readable name of element ``g`` (used in reports and errors)."""
-        return f"g{self._check_element(g)}"
+        return f"g{self.check_element(g)}"
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> list[int]:
         """Draw ``k`` elements uniformly at random (with replacement).
@@ -85,8 +91,27 @@ class Group(abc.ABC):
 
     # ------------------------------------------------------------------ action
     @abc.abstractmethod
-    def _act(self, g: int, x: Tensor) -> Tensor:
-        """Act with element ``g`` on ``x`` (already validated)."""
+    def transform(self, g: int, x: Tensor) -> Tensor:
+        """Act with element ``g`` on ``x``: the hook a group implements.
+
+        Called by :meth:`act`, :meth:`orbit` and :meth:`act_per_sample` after
+        :meth:`check_element` and :meth:`check_input` have validated ``g`` and
+        ``x``, so an implementation only computes. It must be differentiable
+        and keep ``x``'s device and dtype.
+        """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # groups written against 0.1 implemented the hook as ``_act``: keep them working
+        legacy = cls.__dict__.get("_act")
+        if legacy is not None and "transform" not in cls.__dict__:
+            warnings.warn(
+                f"{cls.__qualname__} implements the group action as '_act', which is now called 'transform'; "
+                "rename the method (the old name keeps working for now)",
+                DeprecationWarning,
+                stacklevel=3,  # __init_subclass__ <- ABCMeta.__new__ <- the class statement
+            )
+            cls.transform = legacy  # type: ignore[method-assign]
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`ValueError` if the group cannot act on ``x``."""
@@ -100,9 +125,9 @@ class Group(abc.ABC):
 
     def act(self, g: int, x: Tensor) -> Tensor:
         """Act with ``g`` on ``x``; differentiable, device- and dtype-preserving."""
-        g = self._check_element(g)
+        g = self.check_element(g)
         self.check_input(x)
-        return self._act(g, x)
+        return self.transform(g, x)
 
     def act_per_sample(self, gs: Sequence[int] | Tensor, x: Tensor) -> Tensor:
         """Act with a different element on each sample along dim 0.
@@ -123,7 +148,7 @@ class Group(abc.ABC):
         out = torch.empty_like(x)
         for g in torch.unique(gs_t).tolist():
             idx = (gs_t == g).nonzero().squeeze(1)
-            out[idx] = self._act(self._check_element(g), x[idx])
+            out[idx] = self.transform(self.check_element(g), x[idx])
         return out
 
     def orbit(self, x: Tensor, elements: Sequence[int] | None = None) -> Tensor:
@@ -137,17 +162,35 @@ class Group(abc.ABC):
             tensor of shape ``(len(elements), *x.shape)``.
         """
         self.check_input(x)
-        els = self.elements() if elements is None else [self._check_element(g) for g in elements]
+        els = self.elements() if elements is None else [self.check_element(g) for g in elements]
         if len(els) == 0:
             return x.new_empty((0, *x.shape))
-        return torch.stack([self._act(g, x) for g in els])
+        return torch.stack([self.transform(g, x) for g in els])
 
     # ------------------------------------------------------------------ helpers
-    def _check_element(self, g: int) -> int:
-        if isinstance(g, Tensor) and g.numel() == 1:
+    def check_element(self, g: int) -> int:
+        """Return ``g`` as a Python int if it is an element of the group, else raise :class:`ValueError`.
+
+        Accepts Python ints, integer NumPy scalars and 0-d / one-element integer
+        tensors. Floats (even integral ones such as ``1.0``), bools and values
+        outside ``0 .. order - 1`` are rejected rather than truncated.
+
+        Example:
+            >>> import torch, torchinvariance as ti
+            >>> ti.get_group("rotation", order=4).check_element(torch.tensor(3))
+            3
+        """
+        if isinstance(g, Tensor):
+            if g.numel() != 1 or g.is_floating_point() or g.is_complex() or g.dtype == torch.bool:
+                raise ValueError(
+                    f"{self!r} has elements 0..{self.order - 1} (integers); got a tensor of dtype {g.dtype} "
+                    f"and shape {tuple(g.shape)}"
+                )
             g = int(g.item())
+        elif isinstance(g, numbers.Integral) and not isinstance(g, bool):
+            g = int(g)
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < self.order:
-            raise ValueError(f"{self!r} has elements 0..{self.order - 1}; got {g!r}")
+            raise ValueError(f"{self!r} has elements 0..{self.order - 1} (integers); got {g!r}")
         return g
 
     def cayley_table(self) -> list[list[int]]:
@@ -164,7 +207,7 @@ class Group(abc.ABC):
 class CyclicGroup(Group):
     """A cyclic group ``Z_n``: element ``k`` is the generator applied ``k`` times.
 
-    Subclasses implement :meth:`_act`.
+    Subclasses implement :meth:`transform`.
     """
 
     def __init__(self, order: int) -> None:
@@ -177,10 +220,10 @@ class CyclicGroup(Group):
         return self._order
 
     def compose(self, g: int, h: int) -> int:
-        return (self._check_element(g) + self._check_element(h)) % self._order
+        return (self.check_element(g) + self.check_element(h)) % self._order
 
     def inverse(self, g: int) -> int:
-        return (-self._check_element(g)) % self._order
+        return (-self.check_element(g)) % self._order
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self._order})"

@@ -55,12 +55,12 @@ class Rotation(CyclicGroup):
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"{self!r} needs square images (..., H, W) with H == W; got shape {tuple(x.shape)}")
 
-    def _act(self, g: int, x: Tensor) -> Tensor:
+    def transform(self, g: int, x: Tensor) -> Tensor:
         k = g * self._quarter_turns
         return x if k == 0 else torch.rot90(x, k, dims=(-2, -1))
 
     def element_name(self, g: int) -> str:
-        return f"rot{self._check_element(g) * 360 // self.order}"
+        return f"rot{self.check_element(g) * 360 // self.order}"
 
 
 class Translation(CyclicGroup):
@@ -98,12 +98,12 @@ class Translation(CyclicGroup):
                 f"{self.axis!r} must be divisible by {self.order}; got shape {tuple(x.shape)}"
             )
 
-    def _act(self, g: int, x: Tensor) -> Tensor:
+    def transform(self, g: int, x: Tensor) -> Tensor:
         shift = g * x.shape[self._dim] // self.order
         return x if shift == 0 else torch.roll(x, shifts=shift, dims=self._dim)
 
     def element_name(self, g: int) -> str:
-        return f"shift{self.axis}{self._check_element(g)}/{self.order}"
+        return f"shift{self.axis}{self.check_element(g)}/{self.order}"
 
     def __repr__(self) -> str:
         return f"Translation(order={self.order}, axis={self.axis!r})"
@@ -130,11 +130,11 @@ class Flip(CyclicGroup):
         self.axis = axis
         self._dim = _check_axis(axis)
 
-    def _act(self, g: int, x: Tensor) -> Tensor:
+    def transform(self, g: int, x: Tensor) -> Tensor:
         return x.flip(self._dim) if g else x
 
     def element_name(self, g: int) -> str:
-        return f"flip{self.axis}" if self._check_element(g) else "id"
+        return f"flip{self.axis}" if self.check_element(g) else "id"
 
     def __repr__(self) -> str:
         return f"Flip(axis={self.axis!r})"
@@ -164,13 +164,13 @@ class Dihedral(Group):
         return 8
 
     def compose(self, g: int, h: int) -> int:
-        r1, s1 = divmod(self._check_element(g), 4)[::-1]
-        r2, s2 = divmod(self._check_element(h), 4)[::-1]
+        r1, s1 = divmod(self.check_element(g), 4)[::-1]
+        r2, s2 = divmod(self.check_element(h), 4)[::-1]
         r = (r1 + (r2 if s1 == 0 else -r2)) % 4
         return r + 4 * ((s1 + s2) % 2)
 
     def inverse(self, g: int) -> int:
-        r, s = divmod(self._check_element(g), 4)[::-1]
+        r, s = divmod(self.check_element(g), 4)[::-1]
         return g if s else (-r) % 4
 
     def check_input(self, x: Tensor) -> None:
@@ -178,7 +178,7 @@ class Dihedral(Group):
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"{self!r} needs square images (..., H, W) with H == W; got shape {tuple(x.shape)}")
 
-    def _act(self, g: int, x: Tensor) -> Tensor:
+    def transform(self, g: int, x: Tensor) -> Tensor:
         s, r = divmod(g, 4)
         y = x.flip(-1) if s else x
         if r:
@@ -186,7 +186,7 @@ class Dihedral(Group):
         return y
 
     def element_name(self, g: int) -> str:
-        s, r = divmod(self._check_element(g), 4)
+        s, r = divmod(self.check_element(g), 4)
         return f"rot{90 * r}" + ("+flipx" if s else "")
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """Invariance metrics (paper §3.2): DI, LI, SI, their accumulating classes and a dataset report.
 
-- pure functions: :func:`distribution_invariance`, :func:`logit_invariance`,
-  :func:`saliency_invariance`, :func:`saliency_map`;
+- pure functions: :func:`distribution_invariance`, :func:`logit_invariance`
+  (``_functional``), :func:`saliency_invariance`, :func:`saliency_map` and the
+  :class:`SaliencyConfig` of their recipe (:mod:`.saliency`);
 - accumulating metric objects (``update`` / ``compute`` / ``reset``, DDP-safe):
   :class:`DistributionInvariance`, :class:`LogitInvariance`,
   :class:`SaliencyInvariance`;
@@ -10,22 +11,20 @@
 """
 
 from torchinvariance.metrics._classes import DistributionInvariance, LogitInvariance, SaliencyInvariance
-from torchinvariance.metrics._functional import (
-    distribution_invariance,
-    logit_invariance,
-    saliency_invariance,
-    saliency_map,
-)
+from torchinvariance.metrics._functional import distribution_invariance, logit_invariance
 from torchinvariance.metrics._report import InvarianceReport, evaluate_invariance
+from torchinvariance.metrics.saliency import SaliencyConfig, realign_saliency, saliency_invariance, saliency_map
 
 __all__ = [
     "DistributionInvariance",
     "InvarianceReport",
     "LogitInvariance",
+    "SaliencyConfig",
     "SaliencyInvariance",
     "distribution_invariance",
     "evaluate_invariance",
     "logit_invariance",
+    "realign_saliency",
     "saliency_invariance",
     "saliency_map",
 ]

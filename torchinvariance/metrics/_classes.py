@@ -1,8 +1,9 @@
 r"""Stateful invariance metrics that accumulate over a dataset (torchmetrics pattern).
 
-The math lives in :mod:`torchinvariance.metrics._functional`; the classes only
-add up, in float64 on the CPU, the per-element sums of the terms, the sum of
-squared per-sample values and the sample count. :meth:`compute` reduces these
+The math lives in :mod:`torchinvariance.metrics._functional` (DI, LI) and
+:mod:`torchinvariance.metrics.saliency` (SI); the classes only add up, in
+float64 on the CPU, the per-element sums of the terms, the sum of squared
+per-sample values and the sample count. :meth:`compute` reduces these
 states across processes with ``all_reduce`` when :mod:`torch.distributed` is
 initialized, so under DDP every rank gets the metric of the whole dataset.
 """
@@ -10,7 +11,6 @@ initialized, so under DDP every rank gets the metric of the whole dataset.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,14 +18,8 @@ from torch import Tensor
 
 from torchinvariance._checks import check_model
 from torchinvariance.groups import Group, check_group
-from torchinvariance.metrics._functional import (
-    Backend,
-    Padding,
-    _check_saliency_options,
-    distribution_invariance,
-    logit_invariance,
-    saliency_invariance,
-)
+from torchinvariance.metrics._functional import di_terms, li_terms, orbit_outputs
+from torchinvariance.metrics.saliency import Backend, Padding, SaliencyConfig, saliency_terms
 
 __all__ = ["DistributionInvariance", "LogitInvariance", "SaliencyInvariance"]
 
@@ -49,9 +43,11 @@ class _OrbitAccumulator:
         self._sumsq = torch.zeros((), dtype=torch.float64)
         self._count = torch.zeros((), dtype=torch.float64)
 
-    def _accumulate(self, values: Tensor) -> None:
-        if values.dim() != 2 or values.shape[0] != self.n_elements:
-            raise ValueError(f"expected terms shaped ({self.n_elements}, batch), got {tuple(values.shape)}")
+    def update_terms(self, values: Tensor) -> None:
+        """Add a ``(n_elements, batch)`` matrix of per-element, per-sample terms."""
+        if not isinstance(values, Tensor) or values.dim() != 2 or values.shape[0] != self.n_elements:
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"expected terms shaped ({self.n_elements}, batch), got {got}")
         v = values.detach().to(device="cpu", dtype=torch.float64)
         self._sum += v.sum(1)
         self._sumsq += v.mean(0).pow(2).sum()
@@ -78,6 +74,10 @@ class _OrbitAccumulator:
         """Number of samples seen (by this process)."""
         return int(self._count.item())
 
+    def compute_count(self) -> int:
+        """Number of samples seen by all processes (synchronized like :meth:`compute`)."""
+        return int(self._states()[2].item())
+
     def compute(self) -> Tensor:
         """Mean over samples and group elements (float64 scalar)."""
         total, _, count = self._states()
@@ -96,26 +96,43 @@ class _OrbitAccumulator:
 
 
 class _InvarianceMetric(_OrbitAccumulator):
-    _fn: Callable[..., Tensor]
-    _needs_grad = False
+    """A metric bound to a model and a group: ``update(x)`` runs the orbit, ``update_from_outputs`` takes it."""
 
-    def __init__(self, model: Callable[[Tensor], Tensor], group: Group, *, sync_dist: bool = True, **options: Any):
+    _terms: Callable[[Tensor, Tensor], Tensor]
+
+    def __init__(
+        self,
+        model: Callable[[Tensor], Tensor],
+        group: Group,
+        *,
+        sync_dist: bool = True,
+        eval_mode: bool = True,
+        chunk_size: int | None = None,
+    ) -> None:
         check_model(model)
         check_group(group)
         self.model = model
         self.group = group
-        self.options = options
+        self.eval_mode = bool(eval_mode)
+        self.chunk_size = chunk_size
         super().__init__(group.order, sync_dist=sync_dist)
 
     def update(self, x: Tensor, y: Tensor | None = None) -> None:
         """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
-        fn = type(self)._fn
-        if self._needs_grad:
-            values = fn(self.model, self.group, x, reduction="none", **self.options)
-        else:
-            with torch.no_grad():
-                values = fn(self.model, self.group, x, reduction="none", **self.options)
-        self._accumulate(values)
+        with torch.no_grad():
+            out = orbit_outputs(self.model, self.group, x, eval_mode=self.eval_mode, chunk_size=self.chunk_size)
+        self.update_terms(type(self)._terms(out[0], out))
+
+    def update_from_outputs(self, fx: Tensor, fgx: Tensor) -> None:
+        """Add a batch from outputs already computed: ``fx`` ``(B, ...)`` and ``fgx`` ``(group.order, B, ...)``.
+
+        Row ``i`` of ``fgx`` holds the outputs on ``group.elements()[i] · x`` (identity first).
+        """
+        if isinstance(fgx, Tensor) and fgx.dim() >= 1 and fgx.shape[0] != self.n_elements:
+            raise ValueError(
+                f"fgx must hold one row per element of {self.group!r} ({self.n_elements}), got {fgx.shape[0]} rows"
+            )
+        self.update_terms(type(self)._terms(fx.detach(), fgx.detach()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(group={self.group!r}, n_samples={self.n_samples})"
@@ -144,6 +161,9 @@ class DistributionInvariance(_InvarianceMetric):
         group: the finite group.
         sync_dist: reduce across processes when :mod:`torch.distributed` is
             initialized.
+        eval_mode: measure with the model in ``eval()`` mode (default), see
+            :func:`~torchinvariance.distribution_invariance`.
+        chunk_size: at most this many group elements per forward.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -156,10 +176,7 @@ class DistributionInvariance(_InvarianceMetric):
         >>> metric.reset()
     """
 
-    _fn = staticmethod(distribution_invariance)
-
-    def __init__(self, model: Callable[[Tensor], Tensor], group: Group, *, sync_dist: bool = True) -> None:
-        super().__init__(model, group, sync_dist=sync_dist)
+    _terms = staticmethod(di_terms)
 
 
 class LogitInvariance(_InvarianceMetric):
@@ -178,6 +195,9 @@ class LogitInvariance(_InvarianceMetric):
         group: the finite group.
         sync_dist: reduce across processes when :mod:`torch.distributed` is
             initialized.
+        eval_mode: measure with the model in ``eval()`` mode (default), see
+            :func:`~torchinvariance.logit_invariance`.
+        chunk_size: at most this many group elements per forward.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -188,10 +208,7 @@ class LogitInvariance(_InvarianceMetric):
         tensor(0., dtype=torch.float64)
     """
 
-    _fn = staticmethod(logit_invariance)
-
-    def __init__(self, model: Callable[[Tensor], Tensor], group: Group, *, sync_dist: bool = True) -> None:
-        super().__init__(model, group, sync_dist=sync_dist)
+    _terms = staticmethod(li_terms)
 
 
 class SaliencyInvariance(_InvarianceMetric):
@@ -223,6 +240,9 @@ class SaliencyInvariance(_InvarianceMetric):
             :func:`~torchinvariance.saliency_map`.
         sync_dist: reduce across processes when :mod:`torch.distributed` is
             initialized.
+        eval_mode: attribute with the model in ``eval()`` mode (default).
+        config: a :class:`~torchinvariance.SaliencyConfig`; when given, it
+            replaces the seven recipe options above.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -232,9 +252,6 @@ class SaliencyInvariance(_InvarianceMetric):
         >>> 0.0 <= metric.compute().item() <= 1.0
         True
     """
-
-    _fn = staticmethod(saliency_invariance)
-    _needs_grad = True
 
     def __init__(
         self,
@@ -249,17 +266,17 @@ class SaliencyInvariance(_InvarianceMetric):
         padding: Padding = "circular",
         backend: Backend = "torch",
         sync_dist: bool = True,
+        eval_mode: bool = True,
+        config: SaliencyConfig | None = None,
     ) -> None:
-        _check_saliency_options(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
-        super().__init__(
-            model,
-            group,
-            sync_dist=sync_dist,
-            n_steps=n_steps,
-            threshold=threshold,
-            kernel_size=kernel_size,
-            sigma=sigma,
-            internal_batch_size=internal_batch_size,
-            padding=padding,
-            backend=backend,
+        self.config = config or SaliencyConfig(
+            n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend
         )
+        super().__init__(model, group, sync_dist=sync_dist, eval_mode=eval_mode)
+
+    def update(self, x: Tensor, y: Tensor | None = None) -> None:
+        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
+        self.update_terms(saliency_terms(self.model, self.group, x, None, self.config, eval_mode=self.eval_mode))
+
+    def update_from_outputs(self, fx: Tensor, fgx: Tensor) -> None:
+        raise TypeError("SaliencyInvariance needs the model's gradients, not its outputs: call update(x)")

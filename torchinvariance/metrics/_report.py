@@ -14,25 +14,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from torchinvariance._checks import check_model
+from torchinvariance.divergences import check_logits
 from torchinvariance.groups import Group, check_group
-from torchinvariance.losses import kl_divergence, l2_divergence
 from torchinvariance.metrics._classes import (
     DistributionInvariance,
     LogitInvariance,
     SaliencyInvariance,
     _OrbitAccumulator,
 )
-from torchinvariance.metrics._functional import (
-    _check_logits,
-    _divergence_terms,
-    _orbit_outputs,
-)
+from torchinvariance.metrics._functional import orbit_outputs
+from torchinvariance.metrics.saliency import SaliencyConfig
 
 __all__ = ["InvarianceReport", "evaluate_invariance"]
 
 MetricName = Literal["accuracy", "di", "li", "si"]
 METRICS = ("accuracy", "di", "li", "si")
-_SALIENCY_OPTIONS = ("n_steps", "threshold", "kernel_size", "sigma", "internal_batch_size", "padding", "backend")
 _LABELS = {"accuracy": "accuracy", "di": "DI", "li": "LI", "si": "SI"}
 
 
@@ -114,10 +110,6 @@ class InvarianceReport:
         if any("std" in self.results[n] for n in names):
             lines.append("std".ljust(width) + "".join(cell(n, self.results[n].get("std")) for n in names))
         return "\n".join(lines)
-
-
-class _OrbitAccuracy(_OrbitAccumulator):
-    """Fraction of correct predictions per orbit element (terms are 0/1)."""
 
 
 def _check_metrics(metrics: Sequence[str]) -> list[str]:
@@ -219,9 +211,7 @@ def evaluate_invariance(
     check_model(model)
     check_group(group)
     names = _check_metrics(metrics)
-    unknown = sorted(set(saliency_kwargs) - set(_SALIENCY_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown saliency options {unknown}; expected some of {_SALIENCY_OPTIONS}")
+    saliency = SaliencyConfig.from_options(saliency_kwargs)
     if max_batches is not None and (
         isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
     ):
@@ -230,12 +220,12 @@ def evaluate_invariance(
 
     acc: dict[str, _OrbitAccumulator] = {}
     if "accuracy" in names:
-        acc["accuracy"] = _OrbitAccuracy(group.order)
+        acc["accuracy"] = _OrbitAccumulator(group.order)  # terms are 0/1: correct or not
     if "di" in names:
         acc["di"] = DistributionInvariance(model, group)
     if "li" in names:
         acc["li"] = LogitInvariance(model, group)
-    si = SaliencyInvariance(model, group, **saliency_kwargs) if "si" in names else None
+    si = SaliencyInvariance(model, group, config=saliency) if "si" in names else None
     needs_logits = any(n in acc for n in ("accuracy", "di", "li"))
 
     total = None
@@ -255,9 +245,9 @@ def evaluate_invariance(
             x = x.to(dev)
             if needs_logits:
                 with torch.no_grad():
-                    out = _orbit_outputs(model, group, x)
+                    out = orbit_outputs(model, group, x)
                 if "di" in acc or "accuracy" in acc:
-                    _check_logits(out, "evaluate_invariance")
+                    check_logits(out, "evaluate_invariance", batch_dims=2)
                 if "accuracy" in acc:
                     if y is None:
                         raise ValueError("metric 'accuracy' needs labels: the loader must yield (x, y) pairs")
@@ -266,11 +256,10 @@ def evaluate_invariance(
                         raise ValueError(
                             f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}"
                         )
-                    acc["accuracy"]._accumulate((out.argmax(-1) == y.unsqueeze(0)).double())
-                if "di" in acc:
-                    acc["di"]._accumulate(_divergence_terms(out, kl_divergence))
-                if "li" in acc:
-                    acc["li"]._accumulate(_divergence_terms(out, l2_divergence))
+                    acc["accuracy"].update_terms((out.argmax(-1) == y.unsqueeze(0)).double())
+                for name in ("di", "li"):
+                    if name in acc:
+                        acc[name].update_from_outputs(out[0], out)
             if si is not None:
                 si.update(x)
             n_batches += 1
@@ -295,7 +284,7 @@ def evaluate_invariance(
             res["std"] = float(metric.compute_std())
         res["per_element"] = [float(v) for v in per_element]
         results[name] = res
-        n_samples = int(metric._states()[2].item())
+        n_samples = metric.compute_count()
     for res in results.values():
         if not all(math.isfinite(v) for v in [res["mean"], res.get("std", 0.0), *res["per_element"]]):
             raise ValueError(f"non-finite metric values in the report: {results}")

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
 from torchinvariance.groups import Group, check_group
+from torchinvariance.orbit import orbit_forward
 
 __all__ = ["GroupAveraged"]
 
@@ -42,14 +43,7 @@ class GroupAveraged(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``."""
-        orbit = self.group.orbit(x)  # (|G|, B, ...)
-        out = self.model(orbit.flatten(0, 1))
-        if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != orbit.shape[0] * orbit.shape[1]:
-            raise ValueError(
-                f"GroupAveraged needs a model that returns one output per sample: fed {orbit.shape[0] * orbit.shape[1]}"
-                f" samples, got {type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}"
-            )
-        return out.unflatten(0, orbit.shape[:2]).mean(0)
+        return orbit_forward(self.model, self.group, x).mean(0)
 
     def extra_repr(self) -> str:
         return f"group={self.group!r}"

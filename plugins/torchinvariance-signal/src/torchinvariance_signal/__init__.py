@@ -18,11 +18,11 @@ class TimeReversal(ti.CyclicGroup):
     def __init__(self) -> None:
         super().__init__(2)
 
-    def _act(self, g: int, x: Tensor) -> Tensor:
+    def transform(self, g: int, x: Tensor) -> Tensor:
         return x.flip(-1) if g else x
 
     def element_name(self, g: int) -> str:
-        return "reverse" if self._check_element(g) else "id"
+        return "reverse" if self.check_element(g) else "id"
 
     def __repr__(self) -> str:
         return "TimeReversal()"
@@ -39,7 +39,7 @@ class TimeShift(ti.CyclicGroup):
         if x.shape[-1] % self.order:
             raise ValueError(f"{self!r} needs a signal length divisible by {self.order}; got shape {tuple(x.shape)}")
 
-    def _act(self, g: int, x: Tensor) -> Tensor:
+    def transform(self, g: int, x: Tensor) -> Tensor:
         shift = g * x.shape[-1] // self.order
         return x.roll(shift, dims=-1) if shift else x
 

@@ -1,4 +1,4 @@
-"""The group registry: built-in groups and groups from pluggy plugins.
+"""The group registry itself: built-in groups and groups from pluggy plugins.
 
 Plugins are third-party packages that declare an entry point in the group
 ``torchinvariance``::
@@ -7,9 +7,17 @@ Plugins are third-party packages that declare an entry point in the group
     my_groups = "my_package.groups"
 
 The module ``my_package.groups`` implements the hook
-:func:`torchinvariance_register_groups` with :data:`torchinvariance.hookimpl`.
-Entry points are loaded once, lazily, on the first use of the registry; set
-``TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD=1`` to turn autoloading off.
+:func:`~torchinvariance.registry.hookspecs.torchinvariance_register_groups` with
+:data:`torchinvariance.hookimpl`. Entry points are loaded once, lazily, on the
+first use of the registry; set ``TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD=1`` to
+turn autoloading off.
+
+Loading is thread-safe: every caller sees the fully loaded registry (other
+threads wait while one loads). A plugin that fails to import or raises while
+registering is skipped with a :class:`RuntimeWarning`, emitted only once the
+registry is consistent; if anything else interrupts the load (e.g.
+``KeyboardInterrupt``), the partial load is rolled back and the next call
+loads again.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ from typing import Any
 
 import pluggy
 
-from torchinvariance import _builtin_groups, _hooks
 from torchinvariance.groups import Group
+from torchinvariance.registry import builtin, hookspecs
 
 __all__ = [
     "DISABLE_AUTOLOAD_ENV",
@@ -60,10 +68,11 @@ class GroupRegistry:
     def __init__(self, autoload: bool | None = None) -> None:
         self._autoload = autoload
         self._factories: dict[str, tuple[Callable[..., Group], str]] = {}
-        self._loaded = False
+        self._loaded = False  # set only once the load has completed
+        self._loading = False  # True while this registry's load runs (re-entrant calls from plugins)
         self._lock = threading.RLock()
-        self.plugin_manager = pluggy.PluginManager(_hooks.PROJECT_NAME)
-        self.plugin_manager.add_hookspecs(_hooks)
+        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(hookspecs)
 
     # ----------------------------------------------------------------- loading
     def _autoload_enabled(self) -> bool:
@@ -72,23 +81,46 @@ class GroupRegistry:
         return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
 
     def _ensure_loaded(self) -> None:
-        if self._loaded:
+        if self._loaded:  # only ever set after a complete load
             return
-        with self._lock:
-            if self._loaded:
+        problems: list[str] = []
+        with self._lock:  # other threads wait here until the load is complete
+            if self._loaded or self._loading:
+                # loaded meanwhile, or a plugin uses the registry while it is being loaded (same thread)
                 return
-            self._loaded = True  # set first: a plugin may use the registry itself
-            self.plugin_manager.register(_builtin_groups, name=BUILTIN_PROVIDER)
-            if self._autoload_enabled():
-                self._load_entry_points()
-            for impl in self.plugin_manager.hook.torchinvariance_register_groups.get_hookimpls():
-                self._call_plugin(impl.plugin_name, impl.function)
+            self._loading = True
+            try:
+                self._load(problems)
+                self._loaded = True
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                self._loading = False
+        # warn only now: a warning turned into an error (python -W error) leaves a complete registry behind
+        for msg in problems:
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
-    def _load_entry_points(self) -> None:
+    def _load(self, problems: list[str]) -> None:
+        if not self.plugin_manager.has_plugin(BUILTIN_PROVIDER):
+            self.plugin_manager.register(builtin, name=BUILTIN_PROVIDER)
+        if self._autoload_enabled():
+            self._load_entry_points(problems)
+        for impl in self.plugin_manager.hook.torchinvariance_register_groups.get_hookimpls():
+            self._call_plugin(impl.plugin_name, impl.function, problems)
+
+    def _rollback(self) -> None:
+        """Forget a partial load: the next call starts over."""
+        self._factories.clear()
+        for name, plugin in list(self.plugin_manager.list_name_plugin()):
+            if name is not None and name != BUILTIN_PROVIDER and ":" in name:  # entry-point plugins
+                self.plugin_manager.unregister(plugin, name=name)
+
+    def _load_entry_points(self, problems: list[str]) -> None:
         seen: set[str] = set()
         for dist in importlib.metadata.distributions():
             for ep in dist.entry_points:
-                if ep.group != _hooks.PROJECT_NAME:
+                if ep.group != hookspecs.PROJECT_NAME:
                     continue
                 dist_name = dist.metadata["name"] or "?"
                 provider = f"{dist_name}:{ep.name}"
@@ -99,39 +131,50 @@ class GroupRegistry:
                     plugin = ep.load()
                     self.plugin_manager.register(plugin, name=provider)
                 except Exception as exc:
-                    warnings.warn(
+                    problems.append(
                         f"torchinvariance plugin {provider!r} (entry point {ep.value!r}) "
-                        f"failed to load and was skipped: {type(exc).__name__}: {exc}",
-                        RuntimeWarning,
-                        stacklevel=4,
+                        f"failed to load and was skipped: {type(exc).__name__}: {exc}"
                     )
 
-    def _call_plugin(self, provider: str, hook: Callable[..., None]) -> None:
+    def _call_plugin(self, provider: str, hook: Callable[..., None], problems: list[str]) -> None:
+        """Run one plugin's hook; its registrations are kept only if the whole hook succeeds."""
+        staged: dict[str, tuple[Callable[..., Group], str]] = {}
+
         def register(name: str, factory: Callable[..., Group]) -> None:
-            self._add(name, factory, provider)
+            self._check_new(name, factory, provider, staged)
+            staged[name] = (factory, provider)
 
         try:
             hook(register=register)
         except Exception as exc:
-            warnings.warn(
+            problems.append(
                 f"torchinvariance plugin {provider!r} raised while registering groups "
-                f"and was skipped: {type(exc).__name__}: {exc}",
-                RuntimeWarning,
-                stacklevel=4,
+                f"and was skipped (none of its groups were registered): {type(exc).__name__}: {exc}"
             )
+            return
+        self._factories.update(staged)
 
-    def _add(self, name: str, factory: Callable[..., Group], provider: str) -> None:
+    def _check_new(
+        self,
+        name: str,
+        factory: Callable[..., Group],
+        provider: str,
+        staged: dict[str, tuple[Callable[..., Group], str]] | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"group names are non-empty strings, got {name!r}")
         if not callable(factory):
             raise TypeError(f"factory for group {name!r} must be callable, got {factory!r}")
+        taken = self._factories.get(name) or (staged or {}).get(name)
+        if taken is not None:
+            raise ValueError(
+                f"group {name!r} is already registered by {taken[1]!r}; "
+                f"{provider!r} tried to register it again. Pick another name."
+            )
+
+    def _add(self, name: str, factory: Callable[..., Group], provider: str) -> None:
         with self._lock:
-            if name in self._factories:
-                other = self._factories[name][1]
-                raise ValueError(
-                    f"group {name!r} is already registered by {other!r}; "
-                    f"{provider!r} tried to register it again. Pick another name."
-                )
+            self._check_new(name, factory, provider)
             self._factories[name] = (factory, provider)
 
     # -------------------------------------------------------------- public API
@@ -139,12 +182,6 @@ class GroupRegistry:
         """Register ``factory`` under ``name``; duplicates raise :class:`ValueError`."""
         self._ensure_loaded()
         self._add(name, factory, provider)
-
-    def unregister(self, name: str) -> None:
-        """Remove a registered group (mainly for tests)."""
-        self._ensure_loaded()
-        with self._lock:
-            self._factories.pop(name)
 
     def list_groups(self) -> list[str]:
         """Sorted names of all registered groups."""
@@ -166,7 +203,7 @@ class GroupRegistry:
             raise KeyError(f"unknown group {name!r}; available groups: {names}{hint}") from None
 
     def get(self, name: str, **params: Any) -> Group:
-        """Build the group ``name`` with ``params``.
+        """Build the group ``name`` with ``params``; the group's ``name`` is set to ``name``.
 
         Raises:
             KeyError: unknown name (the message lists the available names and the
@@ -192,6 +229,7 @@ class GroupRegistry:
                 f"factory of group {name!r} ({provider}) returned {type(group).__name__}, "
                 "expected a torchinvariance.groups.Group"
             )
+        group.name = name
         return group
 
 

@@ -156,7 +156,7 @@ def test_installed_example_plugin():
         "import warnings, torch, torchinvariance as ti\n"
         "warnings.simplefilter('error')\n"
         "g = ti.get_group('time_reversal')\n"
-        "print(ti.registry._default_registry.provider('time_reversal'))\n"
+        "print(ti.registry._registry._default_registry.provider('time_reversal'))\n"
         "print(g.act(1, torch.arange(4.)).tolist())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -14,9 +14,9 @@ from helpers import mlp
 
 import torchinvariance as ti
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.speed import saved_bytes  # noqa: E402  (the benchmark's own memory measure is tested too)
+from benchmarks.speed.timing import saved_bytes  # noqa: E402  (the benchmark's own memory measure is tested too)
 
 ORDERS = {2: ("rotation", {"order": 2}), 4: ("rotation", {"order": 4}), 8: ("dihedral", {})}
 

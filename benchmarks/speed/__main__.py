@@ -1,0 +1,5 @@
+"""``python -m benchmarks.speed``: see :mod:`benchmarks.speed.cli`."""
+
+from benchmarks.speed.cli import main
+
+main()

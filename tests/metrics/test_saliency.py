@@ -1,0 +1,238 @@
+"""Saliency maps and SI (metrics/saliency.py) against independent references (scipy), and their errors."""
+
+import sys
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.stats
+import torch
+from helpers import mlp
+from torch import nn
+
+import torchinvariance as ti
+
+F64 = torch.float64
+
+
+def _x(b=4, c=1, h=6, w=6, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g, dtype=dtype)
+
+
+def _orbit_logits_np(model, group, x):
+    """Reference: one separate forward per group element."""
+    with torch.no_grad():
+        return np.stack([model(group.act(g, x)).numpy() for g in group.elements()])
+
+
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- saliency map reference
+def _linear_model(c=2, h=6, w=6, classes=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, classes)).double()
+
+
+def _reference_map(x, weight_rows, threshold, sigma, radius, mode):
+    """IG of a linear model from a zero baseline is exactly x * w; then numpy/scipy post-processing."""
+    a = np.abs(x * weight_rows).sum(1)  # (B, H, W), summed over channels
+    a = np.where(a >= threshold * a.max(axis=(1, 2), keepdims=True), a, 0.0)
+    if radius == 0:
+        return a
+    return np.stack([scipy.ndimage.gaussian_filter(m, sigma=sigma, truncate=radius / sigma, mode=mode) for m in a])
+
+
+@pytest.mark.parametrize(("padding", "mode"), [("circular", "wrap"), ("reflect", "mirror"), ("zeros", "constant")])
+@pytest.mark.parametrize(("threshold", "kernel_size", "sigma"), [(0.9, 3, 1.0), (0.0, 5, 0.7), (0.5, 1, 1.0)])
+def test_saliency_map_linear_model_matches_scipy(padding, mode, threshold, kernel_size, sigma):
+    model = _linear_model()
+    x = _x(b=3, c=2, seed=6)
+    target = torch.tensor([2, 0, 1])
+    got = ti.saliency_map(
+        model, x, target=target, n_steps=5, threshold=threshold, kernel_size=kernel_size, sigma=sigma, padding=padding
+    )
+    w = model[1].weight.detach().numpy()[target.numpy()].reshape(3, 2, 6, 6)
+    ref = _reference_map(x.numpy(), w, threshold, sigma, kernel_size // 2, mode)
+    assert got.shape == (3, 6, 6)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_saliency_map_default_target_is_prediction_and_3d_input():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).double()
+    x = _x(b=5, seed=7)[:, 0]  # (B, H, W) without a channel dim
+    pred = model(x).argmax(1)
+    torch.testing.assert_close(ti.saliency_map(model, x, n_steps=4), ti.saliency_map(model, x, target=pred, n_steps=4))
+    w = model[1].weight.detach().numpy()[pred.numpy()].reshape(5, 1, 6, 6)
+    ref = _reference_map(x.numpy()[:, None], w, 0.9, 1.0, 1, "wrap")
+    np.testing.assert_allclose(ti.saliency_map(model, x, n_steps=4).numpy(), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_saliency_map_nonlinear_model_is_ig_of_target():
+    """Against a hand-written Riemann-sum IG (many steps), no threshold, no blur."""
+    model = mlp(36, classes=3, dtype=F64, seed=2)
+    x = _x(b=2, seed=8)
+    alphas = (torch.arange(2000, dtype=F64) + 0.5) / 2000
+    path = (alphas.reshape(-1, 1, 1, 1, 1) * x).reshape(-1, 1, 6, 6).requires_grad_(True)
+    model(path)[:, 1].sum().backward()
+    ref = (x * path.grad.reshape(2000, 2, 1, 6, 6).mean(0)).abs().sum(1)
+    got = ti.saliency_map(model, x, target=1, threshold=0.0, kernel_size=1)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- saliency invariance details
+def test_saliency_invariance_matches_per_element_reference_with_same_target():
+    group = ti.get_group("dihedral")
+    model = mlp(36, classes=3, dtype=F64, seed=9)
+    x = _x(b=3, seed=9)
+    pred = model(x).argmax(1)
+    maps = [ti.saliency_map(model, group.act(g, x), target=pred, n_steps=6) for g in group.elements()]
+    aligned = np.stack([group.act(group.inverse(g), m).numpy() for g, m in zip(group.elements(), maps)])
+    a, ref_map = aligned.reshape(8, 3, -1), aligned[0].reshape(3, -1)
+    ref = (a * ref_map).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(ref_map, axis=-1))
+    got = ti.saliency_invariance(model, group, x, n_steps=6, reduction="none")
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
+    # an explicit target is used for every orbit element
+    other = (pred + 1) % 3
+    maps = [ti.saliency_map(model, group.act(g, x), target=other, n_steps=6) for g in group.elements()]
+    m1 = group.act(group.inverse(1), maps[1]).reshape(3, -1)
+    m0 = maps[0].reshape(3, -1)
+    ref1 = (m1 * m0).sum(-1) / (m1.norm(dim=-1) * m0.norm(dim=-1))
+    got1 = ti.saliency_invariance(model, group, x, target=other, n_steps=6, reduction="none")[1]
+    torch.testing.assert_close(got1, ref1)
+
+
+def test_saliency_invariance_one_captum_call(monkeypatch):
+    from captum.attr import IntegratedGradients
+
+    calls = []
+    original = IntegratedGradients.attribute
+
+    def spy(self, inputs, *args, **kwargs):
+        calls.append((inputs.shape[0], kwargs.get("internal_batch_size"), kwargs.get("n_steps")))
+        return original(self, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(IntegratedGradients, "attribute", spy)
+    group = ti.get_group("dihedral")
+    ti.saliency_invariance(mlp(36, dtype=F64), group, _x(b=3), n_steps=7, backend="captum")
+    assert calls == [(24, 24 * 7, 7)]  # whole orbit, all steps in one chunk for small inputs
+    calls.clear()
+    ti.saliency_invariance(mlp(36, dtype=F64), group, _x(b=3), n_steps=7, internal_batch_size=48, backend="captum")
+    assert calls == [(24, 48, 7)]
+    calls.clear()
+    ti.saliency_invariance(mlp(36, dtype=F64), group, _x(b=3), n_steps=7)
+    assert calls == []  # the default backend does not go through captum
+
+
+def test_chunked_integrated_gradients_equal_one_pass():
+    group = ti.get_group("rotation", order=4)
+    model, x = mlp(36, dtype=F64, seed=4), _x(b=2)
+    one_pass = ti.saliency_invariance(model, group, x, n_steps=9, reduction="none")
+    chunked = ti.saliency_invariance(model, group, x, n_steps=9, internal_batch_size=8, reduction="none")
+    torch.testing.assert_close(chunked, one_pass)
+    torch.testing.assert_close(
+        ti.saliency_map(model, x, n_steps=9, internal_batch_size=2), ti.saliency_map(model, x, n_steps=9)
+    )
+
+
+def test_saliency_invariance_reductions_and_zero_maps():
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36, dtype=F64)
+    x = _x(b=3)
+    none = ti.saliency_invariance(model, group, x, n_steps=4, reduction="none")
+    torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4), none.mean())
+    torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4, reduction="sum"), none.sum())
+    # x = 0: IG from the zero baseline is 0 everywhere; documented: two all-zero maps are identical (SI 1)
+    zero = torch.zeros(2, 1, 6, 6, dtype=F64)
+    assert ti.saliency_map(model, zero, n_steps=4).abs().max() == 0
+    si = ti.saliency_invariance(model, group, zero, n_steps=4, reduction="none")
+    assert torch.equal(si, torch.ones(4, 2, dtype=F64))
+
+
+# ----------------------------------------------------------------------------- errors
+def test_errors_bad_reduction_and_group_shape():
+    model = mlp(36, dtype=F64)
+    rot, shift = ti.get_group("rotation", order=4), ti.get_group("translation", order=3)
+    for fn in (ti.distribution_invariance, ti.logit_invariance, ti.saliency_invariance):
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            fn(model, rot, _x(), reduction="avg")
+        with pytest.raises(ValueError, match="square"):
+            fn(mlp(24, dtype=F64), rot, _x(h=6, w=4))
+        with pytest.raises(ValueError, match="divisible by 3"):
+            fn(mlp(24, dtype=F64), shift, _x(h=6, w=4))
+        with pytest.raises(ValueError, match="non-empty"):
+            fn(model, rot, _x(b=0))
+        with pytest.raises(TypeError, match="Group"):
+            fn(model, "rotation", _x())
+
+
+def test_errors_non_finite_outputs():
+    class Nan(nn.Module):
+        def forward(self, x):
+            out = x.flatten(1)[:, :3].clone()
+            out[x.flatten(1)[:, 0] > 0] = float("nan")  # NaN only where pixel (0, 0) is positive
+            return out
+
+    group = ti.get_group("rotation", order=4)
+    x = torch.ones(2, 1, 6, 6, dtype=F64)
+    x[:, :, 0, 0] = -1.0  # fine on the identity, NaN once the corner moves
+    for fn in (ti.distribution_invariance, ti.logit_invariance):
+        with pytest.raises(ValueError, match=r"NaN or Inf on the orbit elements \['rot90', 'rot180', 'rot270'\]"):
+            fn(Nan(), group, x)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        ti.saliency_invariance(Nan(), group, -x)
+
+
+def test_errors_targets_and_outputs():
+    model = mlp(36, classes=3, dtype=F64)
+    group = ti.get_group("rotation", order=4)
+    for bad in (3, -1, [0, 1, 5, 0]):
+        with pytest.raises(ValueError, match=r"target out of range: the model has 3 classes"):
+            ti.saliency_invariance(model, group, _x(), target=bad, n_steps=2)
+        with pytest.raises(ValueError, match="target out of range"):
+            ti.saliency_map(model, _x(), target=bad, n_steps=2)
+    with pytest.raises(ValueError, match="one class per sample"):
+        ti.saliency_map(model, _x(), target=[0, 1], n_steps=2)
+    with pytest.raises(TypeError, match="integer class"):
+        ti.saliency_map(model, _x(), target=torch.tensor([0.5] * 4), n_steps=2)
+    features = nn.Sequential(nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match=r"logits shaped \(batch, classes\)"):
+        ti.distribution_invariance(features.double(), group, _x())
+    with pytest.raises(ValueError, match="logits"):
+        ti.saliency_map(features.double(), _x(), n_steps=2)
+    with pytest.raises(TypeError, match="floating point"):
+        ti.saliency_map(model, torch.ones(2, 1, 6, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_steps": 0}, "n_steps"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"kernel_size": 2}, "kernel_size"),
+        ({"sigma": 0.0}, "sigma"),
+        ({"padding": "replicate"}, "padding must be one of"),
+        ({"internal_batch_size": 0}, "internal_batch_size"),
+        ({"internal_batch_size": 10}, "smaller than the 16 inputs"),
+        ({"internal_batch_size": 10, "backend": "captum"}, "smaller than the 16 inputs"),
+        ({"backend": "numpy"}, r"backend must be one of \('torch', 'captum'\).*got 'numpy'"),
+        ({"backend": None}, "backend must be one of"),
+    ],
+)
+def test_errors_saliency_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ti.saliency_invariance(mlp(36, dtype=F64), ti.get_group("rotation", order=4), _x(), **kwargs)
+
+
+def test_missing_captum_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "captum", None)
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    with pytest.raises(ImportError, match=r"pip install torchinvariance\[saliency\]"):
+        ti.saliency_map(mlp(36, dtype=F64), _x(), n_steps=2, backend="captum")
+    # the default (plain torch) saliency backend, DI and LI do not need captum
+    assert ti.saliency_map(mlp(36, dtype=F64), _x(), n_steps=2).shape == (4, 6, 6)
+    ti.logit_invariance(mlp(36, dtype=F64), ti.get_group("flip"), _x())
