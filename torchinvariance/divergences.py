@@ -229,7 +229,8 @@ def orbit_divergence(divergence: Divergence, fx: Tensor, fgx: Tensor, *, total: 
         outputs are compared in float32.
 
     Raises:
-        ValueError: a custom divergence that does not return one value per sample.
+        ValueError: ``fgx`` rows not shaped like ``fx``, or a custom divergence
+            that does not return one value per sample.
 
     Example:
         >>> import torch
@@ -240,6 +241,12 @@ def orbit_divergence(divergence: Divergence, fx: Tensor, fgx: Tensor, *, total: 
         tensor([[0.0000, 0.0000],
                 [1.5000, 1.5000]])
     """
+    if fgx.shape[1:] != fx.shape:
+        raise ValueError(
+            f"f(x) has shape {tuple(fx.shape)} but the outputs on the transformed copies have shape "
+            f"{tuple(fgx.shape[1:])} each; they must match (are the logits= passed to the loss the model's output "
+            "on this batch, with the same number of classes?)"
+        )
     if fx.dtype in _LOW:
         fx, fgx = fx.float(), fgx.float()
     kernels = _BROADCAST.get(divergence) if isinstance(divergence, str) else None

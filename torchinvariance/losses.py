@@ -11,6 +11,7 @@ the orbit forward in :mod:`torchinvariance.orbit`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -46,8 +47,23 @@ __all__ = [
 _LOW = (torch.float16, torch.bfloat16)
 
 
+def _check_weight(weight: float, allow_negative: bool = False) -> float:
+    w = float(weight)
+    if not math.isfinite(w):
+        raise ValueError(f"an invariance loss weight must be a finite number, got {weight!r}")
+    if w < 0 and not allow_negative:
+        raise ValueError(
+            f"an invariance loss weight must be >= 0, got {weight!r}: a negative weight turns the penalty into a "
+            "reward for breaking invariance. Build WeightedInvarianceLoss([(w, loss)], allow_negative=True) if that "
+            "is what you want"
+        )
+    return w
+
+
 class _Composable(nn.Module):
-    """Mixin giving invariance losses ``a + b`` and ``w * a``."""
+    """Mixin giving invariance losses ``a + b`` and ``w * a`` (finite weights, ``>= 0`` unless allowed)."""
+
+    allow_negative: bool = False
 
     def _terms(self) -> list[tuple[float, nn.Module]]:
         return [(1.0, self)]
@@ -55,12 +71,14 @@ class _Composable(nn.Module):
     def __add__(self, other: object) -> WeightedInvarianceLoss:
         if not isinstance(other, _Composable):
             return NotImplemented
-        return WeightedInvarianceLoss(self._terms() + other._terms())
+        allow = self.allow_negative or other.allow_negative
+        return WeightedInvarianceLoss(self._terms() + other._terms(), allow_negative=allow)
 
     def __mul__(self, weight: object) -> WeightedInvarianceLoss:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             return NotImplemented
-        return WeightedInvarianceLoss([(float(weight) * w, t) for w, t in self._terms()])
+        w = _check_weight(weight, self.allow_negative)
+        return WeightedInvarianceLoss([(w * v, t) for v, t in self._terms()], allow_negative=self.allow_negative)
 
     __rmul__ = __mul__
 
@@ -96,6 +114,11 @@ class InvarianceLoss(_Composable):
       (also when ``chunk_size`` recomputes it during backward).
 
     Without batch-dependent layers the two patterns give the same value.
+
+    The loss holds ``model`` without registering it as a submodule: it has
+    no parameters or buffers of its own, so ``loss.state_dict()`` is empty and
+    a module holding both the model and the loss stores every weight once.
+    ``loss.to(...)`` still moves the model; ``deepcopy`` and pickling copy it.
 
     Args:
         model: any module; its output may be logits ``(B, C)`` or any feature
@@ -142,7 +165,9 @@ class InvarianceLoss(_Composable):
         check_group(group)
         check_model(model)
         resolve_divergence(divergence)  # unknown names fail here, once
-        self.model = model
+        # held, not registered: the loss has no parameters of its own, so a module holding both the model and
+        # the loss has each weight once in its state_dict (see _apply for .to()/.double())
+        object.__setattr__(self, "model", model)
         self.group = group
         self.divergence = divergence
         self.reduction = check_reduction(reduction)
@@ -171,10 +196,16 @@ class InvarianceLoss(_Composable):
         self.chunk_size = chunk_size
         self.generator = generator
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .double() ... on the loss move its model too, as when the model was a submodule
+        if isinstance(self.model, nn.Module):
+            self.model._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (
-            f"group={self.group!r}, divergence={divergence_name(self.divergence)!r}, "
-            f"elements={self.elements!r}, reduction={self.reduction!r}"
+            f"model={type(self.model).__name__}, group={self.group!r}, "
+            f"divergence={divergence_name(self.divergence)!r}, elements={self.elements!r}, reduction={self.reduction!r}"
         )
 
     def _elements(self) -> list[int]:
@@ -283,6 +314,16 @@ class WeightedInvarianceLoss(_Composable):
     output of every term's model; leave it ``None`` when the terms regularize
     different modules). Terms must use ``reduction="mean"`` or ``"sum"``.
 
+    Weights must be finite and non-negative: ``float("nan") * reg`` or
+    ``-1.0 * reg`` raise :class:`ValueError`, because a negative weight turns
+    the penalty into a reward for breaking invariance. Build
+    ``WeightedInvarianceLoss([(w, loss)], allow_negative=True)`` to allow
+    negative weights deliberately (sums and multiples of it keep allowing them).
+
+    Args:
+        terms: ``(weight, loss)`` pairs.
+        allow_negative: accept negative weights.
+
     Example:
         >>> import torch, torchinvariance as ti
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
@@ -293,12 +334,13 @@ class WeightedInvarianceLoss(_Composable):
         torch.Size([])
     """
 
-    def __init__(self, terms: Sequence[tuple[float, nn.Module]]) -> None:
+    def __init__(self, terms: Sequence[tuple[float, nn.Module]], *, allow_negative: bool = False) -> None:
         super().__init__()
         for _, t in terms:
             if getattr(t, "reduction", "mean") == "none":
                 raise ValueError("terms of a composed invariance loss need reduction 'mean' or 'sum', got 'none'")
-        self.weights = [float(w) for w, _ in terms]
+        self.allow_negative = bool(allow_negative)
+        self.weights = [_check_weight(w, self.allow_negative) for w, _ in terms]
         self.terms = nn.ModuleList([t for _, t in terms])
 
     def _terms(self) -> list[tuple[float, nn.Module]]:

@@ -31,9 +31,11 @@ def frozen_buffers(model: Any) -> Iterator[None]:
     """Leave every buffer of ``model`` (e.g. BatchNorm running statistics) as it was on entry.
 
     Inside the block the model runs normally, in its own mode (a BatchNorm in
-    train mode still normalizes with the batch statistics); on exit, also on an
-    exception, each buffer gets its entry value back, in place. A model that is
-    not an ``nn.Module`` or has no buffers costs nothing.
+    train mode still normalizes with the batch statistics), but on copies of
+    its buffers; on exit, also on an exception, the original buffer tensors
+    are put back untouched. Nothing is written in place, so autograd graphs
+    built inside the block (which may save those copies) stay valid. A model
+    that is not an ``nn.Module`` or has no buffers costs nothing.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -43,14 +45,17 @@ def frozen_buffers(model: Any) -> Iterator[None]:
         >>> bn.running_mean
         tensor([0., 0., 0.])
     """
-    buffers = [b for b in model.buffers() if b is not None] if isinstance(model, nn.Module) else []
-    saved = [b.detach().clone() for b in buffers]
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    originals = [(m, name, b) for m in model.modules() for name, b in m._buffers.items() if b is not None]
     try:
+        for m, name, b in originals:
+            m._buffers[name] = b.clone()
         yield
     finally:
-        with torch.no_grad():
-            for b, v in zip(buffers, saved):
-                b.copy_(v)
+        for m, name, b in originals:
+            m._buffers[name] = b
 
 
 @contextlib.contextmanager

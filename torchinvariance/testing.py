@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
 from torchinvariance.groups import Group, check_group
-from torchinvariance.orbit import orbit_forward
+from torchinvariance.orbit import measuring, orbit_forward
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_invariant", "invariance_error"]
 
@@ -53,6 +53,7 @@ def _measure(
     x: Tensor,
     elements: Sequence[int] | None,
     dtype: torch.dtype | None,
+    eval_mode: bool = True,
 ) -> tuple[Tensor, Tensor, list[int], torch.dtype]:
     """Per-sample deviations ``(n, B)``, the scale ``max |f(x)|``, the elements and the output dtype."""
     check_group(group)
@@ -71,7 +72,7 @@ def _measure(
     if not els:
         raise ValueError("elements must not be empty")
     model, x = _cast(model, x, dtype)
-    with torch.no_grad():  # one forward: x (as the identity), then every requested element
+    with torch.no_grad(), measuring(model, eval_mode):  # one forward: x (as the identity), then every element
         out = orbit_forward(model, group, x, [group.identity, *els])
     batch = x.shape[0]
     out = out.reshape(len(els) + 1, batch, -1)
@@ -90,6 +91,7 @@ def invariance_error(
     relative: bool = False,
     dtype: torch.dtype | None = None,
     reduction: Reduction = "max",
+    eval_mode: bool = True,
 ) -> Tensor:
     r"""The largest output deviation of ``model`` under each group element.
 
@@ -98,8 +100,9 @@ def invariance_error(
         e_g^{\text{rel}} = e_g \,/\, \max_{b, c} |f(x_b)_c|
 
     for every element :math:`g` (identity included, first). ``f(x)`` and all the ``f(g x)`` are computed in one
-    forward pass of ``(n + 1) * B`` samples under :func:`torch.no_grad`, with the model in its current train/eval mode
-    (call ``model.eval()`` first if it has dropout).
+    forward pass of ``(n + 1) * B`` samples under :func:`torch.no_grad`, with the model in ``eval()`` mode (dropout
+    off, BatchNorm on its running statistics) unless ``eval_mode=False``; the model's modes and buffers are restored
+    afterwards, so a check never changes the model.
 
     Args:
         model: maps a batch ``(N, ...)`` to outputs ``(N, ...)`` (e.g. logits).
@@ -111,6 +114,8 @@ def invariance_error(
             errors below float32 rounding); ``None`` uses the model and ``x`` as they are.
         reduction: ``"max"`` gives ``(n_elements,)``, the maximum over the batch; ``"none"`` gives
             ``(n_elements, B)``, the maximum over each sample's outputs.
+        eval_mode: measure in ``eval()`` mode (default); ``False`` keeps the model's modes (train-mode BatchNorm then
+            normalizes each forward with the statistics of the whole stacked batch).
 
     Returns:
         the errors, in the dtype of the outputs, ordered like ``elements`` (or ``group.elements()``).
@@ -131,7 +136,7 @@ def invariance_error(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    deviation, scale, _, _ = _measure(model, group, x, elements, dtype)
+    deviation, scale, _, _ = _measure(model, group, x, elements, dtype, eval_mode)
     if relative:
         deviation = deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
     return deviation.amax(1) if reduction == "max" else deviation
@@ -146,6 +151,7 @@ def assert_invariant(
     *,
     elements: Sequence[int] | None = None,
     dtype: torch.dtype | None = None,
+    eval_mode: bool = True,
 ) -> Tensor:
     r"""Assert that ``model`` is invariant to every element of ``group`` on the batch ``x``.
 
@@ -156,7 +162,9 @@ def assert_invariant(
 
     Default tolerances depend on the dtype the outputs are computed in (:data:`DEFAULT_TOLERANCES`): float32
     ``atol=1e-6, rtol=1e-5``; float64 ``atol=1e-12, rtol=1e-10``. When only one of ``atol``/``rtol`` is given, the
-    other is 0. With ``dtype=torch.float64`` the check runs on a float64 copy of the model and input, which resolves
+    other is 0 (``atol=1e-3`` alone means an absolute tolerance only), as in :func:`numpy.testing.assert_allclose`
+    with both set explicitly; pass both to combine them. With ``dtype=torch.float64`` the check runs on a float64
+    copy of the model and input, which resolves
     errors far below float32 rounding.
 
     Args:
@@ -167,6 +175,7 @@ def assert_invariant(
         rtol: tolerance relative to the largest absolute output.
         elements: the elements to check; default all of them.
         dtype: compute in this floating dtype on a cast copy (see :func:`invariance_error`).
+        eval_mode: check in ``eval()`` mode (default); see :func:`invariance_error`.
 
     Returns:
         the per-element errors :math:`e_g` (see :func:`invariance_error`).
@@ -186,7 +195,7 @@ def assert_invariant(
             ...
         AssertionError: MLP is not invariant to Rotation(order=4): worst element 'rot...' has max |f(g x) - f(x)| = ...
     """
-    deviation, scale, els, out_dtype = _measure(model, group, x, elements, dtype)
+    deviation, scale, els, out_dtype = _measure(model, group, x, elements, dtype, eval_mode)
     if atol is None and rtol is None:
         atol, rtol = DEFAULT_TOLERANCES.get(out_dtype, (0.0, 0.0))
     atol = 0.0 if atol is None else float(atol)

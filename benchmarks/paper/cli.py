@@ -27,6 +27,17 @@ from benchmarks.paper.profiles import PROFILES, get_profile
 from benchmarks.paper.train import GROUPS
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0, else a usage error that says what was expected (no traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of threads >= 1 (or 0 for torch's choice), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__.split("\n\n")[0])
@@ -48,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", nargs="+", default=list(GROUPS), help="subset of: rotation translation")
     p.add_argument("--seed", type=int, default=0, help="global seed (runs use their own seeds from the profile)")
     p.add_argument("--force", action="store_true", help="recompute finished runs")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=_non_negative_int, default=0, help="torch CPU threads, >= 1 (default 0: torch's choice)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--to", default="docs/results/quick", help="publish: destination folder")
     return p

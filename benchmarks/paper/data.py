@@ -21,6 +21,7 @@ import torchinvariance as ti
 
 DATASETS = {"mnist": "MNIST", "fmnist": "FashionMNIST"}
 NUM_CLASSES = 9
+N_RAW_CLASSES = 10  # classes in the official files, before the last one is dropped
 PAD = 4  # 28 + 2 * 4 = 36
 SPLIT_SEED = 0  # the fixed seed of the shuffle/split and of the fixed val/test transforms
 RAW_FILES = (
@@ -53,6 +54,9 @@ def load_raw(name: str, root: Path) -> tuple[Tensor, Tensor]:
     cls = getattr(torchvision.datasets, DATASETS[name])
     raw_dir = Path(root) / DATASETS[name] / "raw"
     have = all((raw_dir / f).exists() or (raw_dir / (f + ".gz")).exists() for f in RAW_FILES)
+    if have:
+        for f in RAW_FILES:
+            check_idx(raw_dir / f if (raw_dir / f).exists() else raw_dir / (f + ".gz"))
     try:
         parts = [cls(root=str(root), train=train, download=not have) for train in (True, False)]
     except Exception as exc:  # network errors come in many types
@@ -62,9 +66,51 @@ def load_raw(name: str, root: Path) -> tuple[Tensor, Tensor]:
             "(torchvision's layout), or point --data-root / TORCHINVARIANCE_DATA at a folder that has "
             f"{DATASETS[name]}/raw/."
         ) from exc
+    for part, f in zip(parts, (RAW_FILES[1], RAW_FILES[3])):
+        targets = torch.as_tensor(part.targets)
+        bad = targets[(targets < 0) | (targets >= N_RAW_CLASSES)]
+        if bad.numel():
+            raise DataUnavailableError(
+                f"{raw_dir / f} holds label {int(bad[0])}, outside the {N_RAW_CLASSES} classes 0..{N_RAW_CLASSES - 1} "
+                f"of {DATASETS[name]}: the file is corrupt; replace it with the official one"
+            )
     images = torch.cat([p.data for p in parts])
     labels = torch.cat([torch.as_tensor(p.targets) for p in parts])
     return images, labels
+
+
+_IDX_DTYPES = {0x08: 1}  # unsigned byte, the only type of the MNIST / Fashion-MNIST files
+
+
+def check_idx(path: Path) -> None:
+    """Raise :class:`DataUnavailableError` naming ``path`` if it is not a complete IDX file.
+
+    Checks the magic number (two zero bytes, the type code, the number of dimensions) and that the file holds
+    exactly the bytes its header announces; ``.gz`` files are decompressed first.
+    """
+    import gzip
+    import struct
+
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataUnavailableError(f"{path} cannot be read ({type(exc).__name__}: {exc}): the file is corrupt") from exc
+    problem = None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or not 1 <= raw[3] <= 3:
+        problem = f"its first bytes {raw[:4].hex()} are not an IDX header of unsigned bytes"
+    else:
+        ndim = raw[3]
+        if len(raw) < 4 + 4 * ndim:
+            problem = f"it ends inside its header ({len(raw)} bytes)"
+        else:
+            dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+            expected = 4 + 4 * ndim + _IDX_DTYPES[raw[2]] * int(torch.tensor(dims).prod())
+            if len(raw) != expected:
+                problem = f"its header announces {dims} ({expected} bytes) but it holds {len(raw)} bytes"
+    if problem:
+        raise DataUnavailableError(
+            f"{path} is corrupt: {problem}. Replace it with the official file (torchvision's layout)"
+        )
 
 
 @dataclass

@@ -140,7 +140,9 @@ def build_datasets(cfg: RunConfig) -> dict:
 
 def prepare(cfg: RunConfig) -> dict:
     """What ``run`` and ``tune`` do first: check the results folder, seed, set threads, load the data."""
-    check_writable(cfg.results_dir)
+    # every folder a run writes into, before anything trains: a read-only runs/ fails now, not after the first run
+    for folder in (cfg.results_dir, cfg.results_dir / "runs", cfg.results_dir / "tune"):
+        check_writable(folder)
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

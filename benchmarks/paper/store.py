@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,16 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_writable(directory: Path) -> None:
-    """Raise a clear error if results cannot be written under ``directory``."""
+    """Raise a clear error if results cannot be written under ``directory``.
+
+    Probes with a fresh ``tempfile.mkstemp`` file (never a fixed name, so a planted symlink is never followed)
+    and removes it.
+    """
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise SystemExit(f"error: results directory {directory} is not writable: {exc}") from None

@@ -128,3 +128,38 @@ def test_committed_nu_config_is_valid():
             else:
                 assert len(rows) == len(entry["grid"])
                 assert chosen == max(rows, key=lambda r: r["val_si"])["nu"]
+
+
+def test_writability_probe_never_follows_a_planted_symlink(tmp_path):
+    """Issue 11 item 13: the probe is a fresh mkstemp file, so a symlink at any fixed name is left alone."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in (".write-test", ".write-test-x"):
+        (results / name).symlink_to(target)
+    store.check_writable(results)
+    assert target.read_text() == "keep me"
+    assert sorted(p.name for p in results.iterdir()) == [".write-test", ".write-test-x"]  # nothing left behind
+
+
+def test_unusable_runs_folder_fails_before_any_training(tmp_path, monkeypatch):
+    """Issue 11 item 14: a runs/ that cannot be written fails in prepare(), before the data is even loaded."""
+    from benchmarks.paper import pipeline
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "runs").write_text("a file where the runs folder should be")
+    cfg = cli.parse(["--profile", "smoke", "--results-dir", str(results), "--device", "cpu"])
+    loaded = []
+    monkeypatch.setattr(pipeline, "build_datasets", lambda cfg: loaded.append(1))
+    with pytest.raises(SystemExit, match=r"results directory .*runs is not writable"):
+        pipeline.prepare(cfg)
+    assert loaded == []
+
+
+def test_negative_threads_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.parse(["--threads", "-1"])
+    assert err.value.code == 2
+    assert "expected a number of threads >= 1 (or 0 for torch's choice), got -1" in capsys.readouterr().err

@@ -85,3 +85,38 @@ def test_missing_data_offline_says_where(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
     with pytest.raises(D.DataUnavailableError, match=r"MNIST/raw/.*--data-root"):
         D.load_raw("mnist", tmp_path)
+
+
+def _mnist_copy(tmp_path: Path) -> Path:
+    """A data root whose MNIST raw files link to the real ones (no copy of the 47 MB images)."""
+    src = D.default_data_root() / "MNIST" / "raw"
+    if not all((src / f).exists() for f in D.RAW_FILES):
+        pytest.skip("the MNIST raw files are not available")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in D.RAW_FILES:
+        (raw / f).symlink_to(src / f)
+    return raw
+
+
+def test_corrupt_idx_file_is_named(tmp_path: Path):
+    """Issue 11 item 14: a truncated file is reported as corrupt, by name, not as 'could not download'."""
+    raw = _mnist_copy(tmp_path)
+    good = (raw / "t10k-labels-idx1-ubyte").read_bytes()
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(good[:-10])
+    with pytest.raises(D.DataUnavailableError, match=r"t10k-labels-idx1-ubyte is corrupt: .*10000.*9998 bytes"):
+        D.load_raw("mnist", tmp_path)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x0d\x01" + good[4:])  # float type code
+    with pytest.raises(D.DataUnavailableError, match="not an IDX header of unsigned bytes"):
+        D.load_raw("mnist", tmp_path)
+
+
+def test_bad_label_value_fails_with_file_and_value(tmp_path: Path):
+    raw = _mnist_copy(tmp_path)
+    good = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    good[8 + 123] = 12  # label 12 in a 10-class file
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(good))
+    with pytest.raises(D.DataUnavailableError, match=r"t10k-labels-idx1-ubyte holds label 12, outside the 10 classes"):
+        D.load_raw("mnist", tmp_path)

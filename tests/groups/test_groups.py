@@ -133,3 +133,39 @@ def test_bad_input_errors():
         rot.act(1, torch.zeros(4))
     with pytest.raises(ValueError, match="axis"):
         ti.get_group("flip", axis="z")
+
+
+# ----------------------------------------------------------------------------- elements are integers (issue 11 item 8)
+def test_non_integer_elements_are_rejected_not_truncated():
+    import numpy as np
+
+    rot = ti.get_group("rotation", order=4)
+    x = torch.randn(2, 1, 4, 4)
+    for bad in (1.7, 1.0, torch.tensor(1.7), True, "1"):
+        with pytest.raises(ValueError, match=r"has elements 0\.\.3 \(integers\)"):
+            rot.act(bad, x)
+    with pytest.raises(ValueError, match=r"has elements 0\.\.3"):
+        rot.act_per_sample([1.7, 0], x)
+    with pytest.raises(ValueError, match=r"dtype torch.float32"):
+        rot.act_per_sample(torch.tensor([1.7, 0.0]), x)
+    with pytest.raises(ValueError, match=r"has elements 0\.\.3"):
+        ti.assert_invariant(torch.nn.Flatten(), rot, x, elements=[1.7])
+    # integer numpy scalars and 0-d integer tensors are elements
+    assert torch.equal(rot.act(np.int64(1), x), rot.act(1, x))
+    assert torch.equal(rot.act(torch.tensor(1), x), rot.act(1, x))
+    assert torch.equal(rot.act_per_sample(np.array([1, 3]), x), torch.stack([rot.act(1, x[0]), rot.act(3, x[1])]))
+
+
+def test_legacy_act_hook_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="'_act', which is now called 'transform'"):
+
+        class Old(ti.CyclicGroup):
+            event_ndim = 1
+
+            def __init__(self):
+                super().__init__(2)
+
+            def _act(self, g, x):
+                return x.flip(-1) if g else x
+
+    assert Old().act(1, torch.arange(3.0)).tolist() == [2.0, 1.0, 0.0]

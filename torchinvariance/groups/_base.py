@@ -140,7 +140,14 @@ class Group(abc.ABC):
             tensor of ``x``'s shape with ``out[i] = act(gs[i], x[i])``.
         """
         self.check_input(x)
-        gs_t = torch.as_tensor(gs, dtype=torch.long, device=x.device).reshape(-1)
+        if isinstance(gs, Tensor):
+            if gs.is_floating_point() or gs.is_complex() or gs.dtype == torch.bool:
+                raise ValueError(
+                    f"{self!r} has elements 0..{self.order - 1} (integers); got a tensor of dtype {gs.dtype}"
+                )
+            gs_t = gs.to(device=x.device, dtype=torch.long).reshape(-1)
+        else:
+            gs_t = torch.tensor([self.check_element(g) for g in gs], dtype=torch.long, device=x.device)
         if gs_t.numel() != x.shape[0]:
             raise ValueError(
                 f"act_per_sample needs one element per sample: got {gs_t.numel()} elements for a batch of {x.shape[0]}"

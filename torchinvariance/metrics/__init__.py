@@ -2,7 +2,7 @@
 
 - pure functions: :func:`distribution_invariance`, :func:`logit_invariance`
   (``_functional``), :func:`saliency_invariance`, :func:`saliency_map` and the
-  :class:`SaliencyConfig` of their recipe (:mod:`.saliency`);
+  :class:`SaliencyConfig` of their recipe (``metrics/saliency.py``);
 - accumulating metric objects (``update`` / ``compute`` / ``reset``, DDP-safe):
   :class:`DistributionInvariance`, :class:`LogitInvariance`,
   :class:`SaliencyInvariance`;

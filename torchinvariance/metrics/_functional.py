@@ -62,11 +62,15 @@ def li_terms(fx: Tensor, fgx: Tensor) -> Tensor:
 
 
 def check_finite(out: Tensor, group: Group, what: str = "model output") -> None:
-    """``out`` is ``(group.order, B, ...)``; name the group elements with non-finite values."""
-    finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+    r"""``out`` is ``(group.order, B, ...)``; name the group elements with NaN or +Inf values.
+
+    ``-inf`` is allowed: it is how classifiers mask classes (DI treats :math:`0 \log 0` as 0).
+    """
+    flat = out.reshape(out.shape[0], -1)
+    finite = ~(torch.isnan(flat) | (flat == float("inf"))).any(1)
     if not bool(finite.all()):
         bad = [group.element_name(g) for g, ok in zip(group.elements(), finite.tolist()) if not ok]
-        raise ValueError(f"{what} contains NaN or Inf on the orbit elements {bad} of {group!r}")
+        raise ValueError(f"{what} contains NaN or +Inf on the orbit elements {bad} of {group!r}")
 
 
 def orbit_outputs(

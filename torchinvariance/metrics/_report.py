@@ -24,6 +24,7 @@ from torchinvariance.metrics._classes import (
 )
 from torchinvariance.metrics._functional import orbit_outputs
 from torchinvariance.metrics.saliency import SaliencyConfig
+from torchinvariance.orbit import measuring
 
 __all__ = ["InvarianceReport", "evaluate_invariance"]
 
@@ -143,14 +144,30 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     )
 
 
+def _should_sync(sync_dist: bool | None) -> bool:
+    if sync_dist is not None:
+        return bool(sync_dist)
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _check_optional_int(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
 def evaluate_invariance(
     model: Callable[[Tensor], Tensor],
     group: Group,
     loader: Iterable[Any],
-    metrics: Sequence[MetricName] = ("accuracy", "di", "li", "si"),
+    metrics: Sequence[MetricName] = ("accuracy", "di", "li"),
     device: str | torch.device | None = None,
     max_batches: int | None = None,
     progress: bool = True,
+    *,
+    si_samples: int | None = None,
+    chunk_size: int | None = None,
+    sync_dist: bool | None = None,
+    eval_mode: bool = True,
     **saliency_kwargs: Any,
 ) -> InvarianceReport:
     r"""Accuracy and invariance metrics of ``model`` under ``group`` over a data loader.
@@ -170,23 +187,47 @@ def evaluate_invariance(
     ``reduction="mean"``) and, except accuracy, as the std over samples of
     the per-sample orbit average (see :class:`InvarianceReport`). Accuracy,
     DI and LI share one batched forward of the orbit per batch. The model is
-    put in ``eval()`` mode for the evaluation and restored afterwards. The
-    accumulators are those of :class:`DistributionInvariance` & co., so with
-    a distributed sampler every rank gets the metrics of the whole dataset.
+    evaluated in ``eval()`` mode (``eval_mode=False`` keeps its modes), and its
+    modes and buffers are restored afterwards.
+
+    **Cost.** The default metrics (accuracy, DI, LI) cost one forward of the
+    orbit per sample. SI is not in the default: it needs integrated gradients,
+    ``n_steps`` forward and backward passes of the orbit per sample (about 200x
+    DI and LI with the default 50 steps; e.g. minutes for 1,000 ResNet-18
+    samples on a laptop CPU). Ask for it with ``metrics=(..., "si")`` and cap
+    it with ``si_samples``: SI then runs on the first ``si_samples`` samples
+    only, with its own per-sample progress bar.
+
+    **Distributed.** The accumulators are those of
+    :class:`DistributionInvariance` & co. With ``sync_dist=None`` (default)
+    the states are summed over all processes when a process group is
+    initialized with more than one rank, so with a distributed sampler every
+    rank gets the metrics of the whole dataset; then EVERY rank must call this
+    function (it runs collectives). ``sync_dist=False`` evaluates this rank's
+    data alone, with no collective (use it to evaluate on one rank only).
 
     Args:
         model: classifier returning logits ``(N, C)``.
         group: the finite group.
         loader: iterable of ``(x, y)`` tuples/lists or bare ``x`` tensors (then
             ``"accuracy"`` cannot be requested).
-        metrics: any non-empty selection of ``("accuracy", "di", "li", "si")``.
+        metrics: any non-empty selection of ``("accuracy", "di", "li", "si")``;
+            default ``("accuracy", "di", "li")``.
         device: where to run; ``None`` means the model's device (its first
             parameter or buffer; CPU for a model without any).
         max_batches: stop after this many batches (``None``: the whole loader).
-        progress: show a ``tqdm`` progress bar.
-        **saliency_kwargs: options of :func:`~torchinvariance.saliency_invariance`
-            (``n_steps``, ``threshold``, ``kernel_size``, ``sigma``,
-            ``internal_batch_size``, ``padding``, ``backend``).
+        progress: show ``tqdm`` progress bars (batches; SI also per sample).
+        si_samples: evaluate SI on at most this many samples (the first ones);
+            ``None`` for all of them.
+        chunk_size: at most this many group elements per forward for accuracy,
+            DI and LI, so peak memory is bounded by one chunk.
+        sync_dist: sum the states over processes; ``None`` decides from
+            :mod:`torch.distributed` as described above.
+        eval_mode: evaluate in ``eval()`` mode (default).
+        **saliency_kwargs: options of the SI recipe
+            (:class:`~torchinvariance.SaliencyConfig`: ``n_steps``,
+            ``threshold``, ``kernel_size``, ``sigma``, ``internal_batch_size``,
+            ``padding``, ``backend``).
 
     Returns:
         The :class:`InvarianceReport`.
@@ -201,32 +242,39 @@ def evaluate_invariance(
         >>> import json, torch, torchinvariance as ti
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
         >>> data = [(torch.randn(4, 1, 6, 6), torch.randint(3, (4,))) for _ in range(2)]
-        >>> report = ti.evaluate_invariance(model, ti.get_group("rotation", order=4), data,
-        ...                                 progress=False, n_steps=8)
+        >>> report = ti.evaluate_invariance(model, ti.get_group("rotation", order=4), data, progress=False)
         >>> report.n_samples, report.elements
         (8, ['rot0', 'rot90', 'rot180', 'rot270'])
         >>> sorted(json.loads(json.dumps(report.to_dict())))
-        ['accuracy', 'di', 'elements', 'group', 'li', 'n_samples', 'si']
+        ['accuracy', 'di', 'elements', 'group', 'li', 'n_samples']
+        >>> report = ti.evaluate_invariance(model, ti.get_group("rotation", order=4), data, metrics=("li", "si"),
+        ...                                 si_samples=2, progress=False, n_steps=8)
+        >>> report.n_samples, round(report.to_dict()["si"]["per_element"][0], 6)  # identity: 1
+        (8, 1.0)
     """
     check_model(model)
     check_group(group)
     names = _check_metrics(metrics)
     saliency = SaliencyConfig.from_options(saliency_kwargs)
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    _check_optional_int("max_batches", max_batches)
+    _check_optional_int("si_samples", si_samples)
+    _check_optional_int("chunk_size", chunk_size)
     dev = _model_device(model) if device is None else torch.device(device)
+    sync = _should_sync(sync_dist)
 
-    acc: dict[str, _OrbitAccumulator] = {}
+    acc: dict[str, Any] = {}
     if "accuracy" in names:
-        acc["accuracy"] = _OrbitAccumulator(group.order)  # terms are 0/1: correct or not
+        acc["accuracy"] = _OrbitAccumulator(group.order, sync_dist=sync)  # terms are 0/1: correct or not
     if "di" in names:
-        acc["di"] = DistributionInvariance(model, group)
+        acc["di"] = DistributionInvariance(model, group, sync_dist=sync)
     if "li" in names:
-        acc["li"] = LogitInvariance(model, group)
-    si = SaliencyInvariance(model, group, config=saliency) if "si" in names else None
-    needs_logits = any(n in acc for n in ("accuracy", "di", "li"))
+        acc["li"] = LogitInvariance(model, group, sync_dist=sync)
+    si = (
+        SaliencyInvariance(model, group, sync_dist=sync, eval_mode=eval_mode, config=saliency)
+        if "si" in names
+        else None
+    )
+    needs_logits = bool(acc)
 
     total = None
     if hasattr(loader, "__len__"):
@@ -235,39 +283,41 @@ def evaluate_invariance(
             total = min(total, max_batches)
     batches = loader if max_batches is None else itertools.islice(loader, max_batches)
 
-    was_training = model.training if isinstance(model, nn.Module) else None
-    if isinstance(model, nn.Module):
-        model.eval()
     n_batches = 0
+    si_left = si_samples
+    si_bar = tqdm(total=si_samples, disable=not (progress and si is not None), desc="SI", unit="sample")
     try:
-        for batch in tqdm(batches, total=total, disable=not progress, desc=f"invariance {group!r}"):
-            x, y = _split_batch(batch)
-            x = x.to(dev)
-            if needs_logits:
-                with torch.no_grad():
-                    out = orbit_outputs(model, group, x)
-                if "di" in acc or "accuracy" in acc:
-                    check_logits(out, "evaluate_invariance", batch_dims=2)
-                if "accuracy" in acc:
-                    if y is None:
-                        raise ValueError("metric 'accuracy' needs labels: the loader must yield (x, y) pairs")
-                    y = y.to(dev)
-                    if y.shape != (x.shape[0],) or y.is_floating_point():
-                        raise ValueError(
-                            f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}"
-                        )
-                    acc["accuracy"].update_terms((out.argmax(-1) == y.unsqueeze(0)).double())
-                for name in ("di", "li"):
-                    if name in acc:
-                        acc[name].update_from_outputs(out[0], out)
-            if si is not None:
-                si.update(x)
-            n_batches += 1
+        with measuring(model, eval_mode):
+            for batch in tqdm(batches, total=total, disable=not progress, desc=f"invariance {group!r}"):
+                x, y = _split_batch(batch)
+                x = x.to(dev)
+                if needs_logits:
+                    with torch.no_grad():
+                        out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size)
+                    if "di" in acc or "accuracy" in acc:
+                        check_logits(out, "evaluate_invariance", batch_dims=2)
+                    if "accuracy" in acc:
+                        if y is None:
+                            raise ValueError("metric 'accuracy' needs labels: the loader must yield (x, y) pairs")
+                        y = y.to(dev)
+                        if y.shape != (x.shape[0],) or y.is_floating_point():
+                            raise ValueError(
+                                f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}"
+                            )
+                        acc["accuracy"].update_terms((out.argmax(-1) == y.unsqueeze(0)).double())
+                    for name in ("di", "li"):
+                        if name in acc:
+                            acc[name].update_from_outputs(out[0], out)
+                if si is not None and (si_left is None or si_left > 0):
+                    xs = x if si_left is None else x[:si_left]
+                    si.update(xs)
+                    si_bar.update(xs.shape[0])
+                    if si_left is not None:
+                        si_left -= xs.shape[0]
+                n_batches += 1
     finally:
-        if was_training is not None and isinstance(model, nn.Module):
-            model.train(was_training)
-    distributed = dist.is_available() and dist.is_initialized()
-    if n_batches == 0 and not distributed:  # under DDP, decided on the global count (no deadlock)
+        si_bar.close()
+    if n_batches == 0 and not sync:  # synchronized: decided on the global count (no deadlock)
         raise ValueError("the loader yielded no batches: nothing to evaluate")
 
     results: dict[str, dict[str, Any]] = {}
@@ -277,14 +327,18 @@ def evaluate_invariance(
         assert metric is not None
         try:
             per_element = metric.compute_per_element()
-        except RuntimeError:
-            raise ValueError("the loaders of all processes yielded no batches: nothing to evaluate") from None
+        except RuntimeError as exc:
+            where = "the loaders of all processes" if sync else "the loader"
+            raise ValueError(f"{where} yielded no batches: nothing to evaluate") from exc
         res: dict[str, Any] = {"mean": float(per_element.mean())}
         if name != "accuracy":
             res["std"] = float(metric.compute_std())
         res["per_element"] = [float(v) for v in per_element]
         results[name] = res
-        n_samples = metric.compute_count()
+        if name != "si":
+            n_samples = metric.compute_count()
+    if n_samples == 0 and si is not None:
+        n_samples = si.compute_count()
     for res in results.values():
         if not all(math.isfinite(v) for v in [res["mean"], res.get("std", 0.0), *res["per_element"]]):
             raise ValueError(f"non-finite metric values in the report: {results}")

@@ -393,7 +393,7 @@ def saliency_invariance(
     with :math:`m_f` the :func:`saliency_map` and :math:`n` the group order
     (identity included, its term is 1). The map of :math:`g x` is realigned by
     acting with :math:`g^{-1}` before the comparison
-    (:func:`~torchinvariance.metrics.saliency.realign_saliency`). Every map of
+    (:func:`~torchinvariance.metrics.realign_saliency`). Every map of
     the orbit is attributed to the SAME class, the target of :math:`x` (the
     prediction ``argmax f(x)`` unless ``target`` is given), and the whole orbit
     (``group.order * B`` inputs) goes through ONE integrated-gradients call
