@@ -66,3 +66,16 @@ def test_errors():
         orbit_divergence(lambda a, b: (a - b).sum(), torch.zeros(2, 3), torch.zeros(2, 2, 3))
     with pytest.raises(ValueError, match=r"needs classifier logits shaped \(batch, classes\)"):
         ti.kl_divergence(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
+
+
+def test_detached_denominator_has_the_same_value_and_no_gradient_through_the_norm():
+    fx = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    fgx = torch.randn(3, 4, dtype=F64)
+    a = ti.normalized_l2_divergence(fx, fgx)
+    b = ti.normalized_l2_divergence(fx, fgx, detach_denominator=True)
+    torch.testing.assert_close(a, b)
+    (gb,) = torch.autograd.grad(b.sum(), fx)
+    denom = fx.detach().pow(2).sum(1, keepdim=True)
+    torch.testing.assert_close(gb, 2 * (fx.detach() - fgx) / denom)  # only the numerator is differentiated
+    (ga,) = torch.autograd.grad(a.sum(), fx)
+    assert not torch.allclose(ga, gb)

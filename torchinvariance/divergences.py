@@ -89,19 +89,27 @@ def l2_divergence(fx: Tensor, fgx: Tensor) -> Tensor:
     return 0.5 * _flat(fx - fgx).pow(2).sum(1)
 
 
-def normalized_l2_divergence(fx: Tensor, fgx: Tensor) -> Tensor:
+def normalized_l2_divergence(fx: Tensor, fgx: Tensor, detach_denominator: bool = False) -> Tensor:
     r"""Squared L2 distance normalized by the magnitude of :math:`f(x)` (paper §4.4).
 
     .. math:: d(f(x), f(gx)) = \lVert f(x) - f(gx) \rVert_2^2 / \lVert f(x) \rVert_2^2
 
-    The denominator is clamped at :math:`10^{-12}`.
+    The denominator is clamped at :math:`10^{-12}`. With the paper's
+    definition (the default) the gradient also flows through the denominator,
+    so a network can lower the loss by inflating :math:`\lVert f(x) \rVert`;
+    ``detach_denominator=True`` treats the denominator as a constant (pass
+    ``functools.partial(ti.normalized_l2_divergence, detach_denominator=True)``
+    as the ``divergence`` of :class:`~torchinvariance.InvarianceLoss`).
 
     Example:
         >>> import torch, torchinvariance as ti
         >>> ti.normalized_l2_divergence(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([1.])
     """
-    return _flat(fx - fgx).pow(2).sum(1) / _flat(fx).pow(2).sum(1).clamp_min(_EPS)
+    denominator = _flat(fx).pow(2).sum(1).clamp_min(_EPS)
+    if detach_denominator:
+        denominator = denominator.detach()
+    return _flat(fx - fgx).pow(2).sum(1) / denominator
 
 
 def _kl_from_log(log_u: Tensor, log_q: Tensor) -> Tensor:

@@ -236,3 +236,44 @@ def test_missing_captum_gives_install_hint(monkeypatch):
     # the default (plain torch) saliency backend, DI and LI do not need captum
     assert ti.saliency_map(mlp(36, dtype=F64), _x(), n_steps=2).shape == (4, 6, 6)
     ti.logit_invariance(mlp(36, dtype=F64), ti.get_group("flip"), _x())
+
+
+# ----------------------------------------------------------------------------- ablation options of the recipe
+def test_quantile_threshold_keeps_the_top_fraction_of_each_map():
+    from torchinvariance.metrics.saliency import _postprocess
+
+    maps = torch.arange(100.0, dtype=F64).reshape(1, 10, 10)
+    cfg = ti.SaliencyConfig(threshold=0.9, threshold_mode="quantile", kernel_size=1)
+    kept = _postprocess(maps, cfg)
+    assert int((kept > 0).sum()) == 10 and torch.equal(kept[kept > 0], maps[maps >= 89.1])
+    # "max" mode keeps values >= 0.9 * max = 89.1 too on this ramp, but not on a skewed map
+    skewed = maps.clone()
+    skewed[0, 0, 0] = 1e6
+    assert int((_postprocess(skewed, ti.SaliencyConfig(threshold=0.9, kernel_size=1)) > 0).sum()) == 1
+    assert int((_postprocess(skewed, cfg) > 0).sum()) == 10
+
+
+def test_constant_baseline_equals_captum_with_that_baseline():
+    from captum.attr import IntegratedGradients
+
+    model = mlp(36, dtype=F64).eval()
+    x = _x(b=3)
+    target = torch.tensor([0, 1, 2])
+    cfg = ti.SaliencyConfig(n_steps=20, threshold=0.0, kernel_size=1, baseline=-0.4)
+    ours = ti.saliency_map(model, x, target=target, config=cfg)
+    ref = IntegratedGradients(model).attribute(x, baselines=torch.full_like(x, -0.4), target=target, n_steps=20)
+    torch.testing.assert_close(ours, ref.abs().sum(1), rtol=1e-7, atol=1e-9 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="baseline must be a finite number"):
+        ti.SaliencyConfig(baseline=float("nan"))
+    with pytest.raises(ValueError, match="threshold_mode must be one of"):
+        ti.SaliencyConfig(threshold_mode="top")
+
+
+def test_config_replaces_the_keyword_options():
+    model = mlp(36, dtype=F64).eval()
+    x = _x(b=2)
+    cfg = ti.SaliencyConfig(n_steps=6, threshold=0.5, kernel_size=1)
+    torch.testing.assert_close(
+        ti.saliency_invariance(model, ROT4 := ti.get_group("rotation", order=4), x, config=cfg),
+        ti.saliency_invariance(model, ROT4, x, n_steps=6, threshold=0.5, kernel_size=1),
+    )

@@ -13,6 +13,7 @@ and, for SI, realignment of the map of :math:`g x` by :math:`g^{-1}`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -33,6 +34,8 @@ Padding = Literal["circular", "reflect", "zeros"]
 PADDINGS = ("circular", "reflect", "zeros")
 Backend = Literal["torch", "captum"]
 BACKENDS = ("torch", "captum")
+ThresholdMode = Literal["max", "quantile"]
+THRESHOLD_MODES = ("max", "quantile")
 
 
 def _is_int(v: object) -> bool:
@@ -47,10 +50,15 @@ def _is_number(v: object) -> bool:
 class SaliencyConfig:
     """The options of the saliency recipe, validated once at construction.
 
+    The paper's recipe is the default. ``threshold_mode`` and ``baseline``
+    exist for ablations of that recipe.
+
     Args:
         n_steps: integration steps of integrated gradients (Gauss-Legendre).
-        threshold: fraction of each map's maximum below which values are
-            zeroed, in ``[0, 1]`` (``0`` keeps everything).
+        threshold: in ``[0, 1]``; with ``threshold_mode="max"`` (default) the
+            fraction of each map's maximum below which values are zeroed
+            (``0`` keeps everything); with ``"quantile"`` the quantile of each
+            map below which values are zeroed (``0.9`` keeps the top 10 %).
         kernel_size: odd size of the Gaussian filter (``1`` disables it).
         sigma: standard deviation of the Gaussian filter, in pixels.
         internal_batch_size: rows per forward/backward pass (captum's
@@ -60,6 +68,10 @@ class SaliencyConfig:
             cyclic translations, rotations and flips), ``"reflect"`` or ``"zeros"``.
         backend: ``"torch"`` (plain torch) or ``"captum"`` (captum's
             ``IntegratedGradients``, needs the ``saliency`` extra).
+        threshold_mode: ``"max"`` or ``"quantile"``, see ``threshold``.
+        baseline: the constant value of the integrated-gradients baseline
+            image (``0.0``, the paper's zero baseline; e.g. the normalized
+            value of a black pixel for a "black image" baseline).
 
     Raises:
         ValueError: an option out of range, saying what was expected.
@@ -81,6 +93,8 @@ class SaliencyConfig:
     internal_batch_size: int | None = None
     padding: Padding = "circular"
     backend: Backend = "torch"
+    threshold_mode: ThresholdMode = "max"
+    baseline: float = 0.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_steps) or self.n_steps < 1:
@@ -98,6 +112,10 @@ class SaliencyConfig:
             raise ValueError(f"internal_batch_size must be a positive int or None, got {ibs!r}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            raise ValueError(f"threshold_mode must be one of {THRESHOLD_MODES}, got {self.threshold_mode!r}")
+        if not _is_number(self.baseline) or not math.isfinite(self.baseline):
+            raise ValueError(f"baseline must be a finite number (a constant baseline image), got {self.baseline!r}")
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(
                 f"backend must be one of {BACKENDS} (integrated gradients in plain torch, or captum's "
@@ -187,8 +205,11 @@ def _postprocess(maps: Tensor, cfg: SaliencyConfig) -> Tensor:
     m = maps.abs()
     if m.dim() > 3:
         m = m.sum(dim=tuple(range(1, m.dim() - 2)))
-    peak = m.amax(dim=(-2, -1), keepdim=True)
-    m = torch.where(m >= cfg.threshold * peak, m, torch.zeros_like(m))
+    if cfg.threshold_mode == "quantile":
+        cut = torch.quantile(m.flatten(-2).float(), cfg.threshold, dim=-1).to(m.dtype)[..., None, None]
+    else:
+        cut = cfg.threshold * m.amax(dim=(-2, -1), keepdim=True)
+    m = torch.where(m >= cut, m, torch.zeros_like(m))
     if cfg.kernel_size == 1:
         return m
     pad = cfg.kernel_size // 2
@@ -202,7 +223,16 @@ def _postprocess(maps: Tensor, cfg: SaliencyConfig) -> Tensor:
 
 
 def _maps(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor, cfg: SaliencyConfig) -> Tensor:
-    attr = integrated_gradients(model, x, target, cfg.n_steps, cfg.internal_batch_size, cfg.backend)
+    if cfg.baseline != 0.0:  # IG from a constant image b: IG(x) = (x - b) * mean grad f(b + a (x - b))
+
+        def shifted(z: Tensor) -> Tensor:
+            return model(z + cfg.baseline)
+
+        attr = integrated_gradients(
+            shifted, x - cfg.baseline, target, cfg.n_steps, cfg.internal_batch_size, cfg.backend
+        )
+    else:
+        attr = integrated_gradients(model, x, target, cfg.n_steps, cfg.internal_batch_size, cfg.backend)
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("integrated gradients contain NaN or Inf (non-finite model outputs or gradients)")
     return _postprocess(attr, cfg)
@@ -261,6 +291,7 @@ def saliency_map(
     padding: Padding = "circular",
     backend: Backend = "torch",
     eval_mode: bool = True,
+    config: SaliencyConfig | None = None,
 ) -> Tensor:
     r"""Saliency map :math:`m_f(x)` of the paper (§4.1), one ``(H, W)`` map per sample.
 
@@ -316,6 +347,8 @@ def saliency_map(
             ``IntegratedGradients``, needs the ``saliency`` extra).
         eval_mode: attribute with the model in ``eval()`` mode (default);
             ``False`` keeps its modes. Modes and buffers are restored after.
+        config: a :class:`SaliencyConfig`; when given it replaces the recipe
+            options above (and gives access to ``threshold_mode`` and ``baseline``).
 
     Returns:
         ``(B, H, W)`` non-negative maps (detached).
@@ -333,7 +366,7 @@ def saliency_map(
         >>> m.shape, bool((m >= 0).all())
         (torch.Size([2, 6, 6]), True)
     """
-    cfg = SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
+    cfg = config or SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
     check_model(model)
     _check_image_batch(x, cfg)
     with measuring(model, eval_mode):
@@ -382,6 +415,7 @@ def saliency_invariance(
     padding: Padding = "circular",
     backend: Backend = "torch",
     eval_mode: bool = True,
+    config: SaliencyConfig | None = None,
 ) -> Tensor:
     r"""Saliency invariance similarity SI (paper eq. 3); 1 means genuinely invariant decisions.
 
@@ -419,6 +453,7 @@ def saliency_invariance(
         padding: see :func:`saliency_map`.
         backend: ``"torch"`` (default) or ``"captum"``, see :func:`saliency_map`.
         eval_mode: see :func:`saliency_map`.
+        config: see :func:`saliency_map`.
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``
@@ -441,5 +476,5 @@ def saliency_invariance(
         True
     """
     check_reduction(reduction)
-    cfg = SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
+    cfg = config or SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
     return reduce(saliency_terms(model, group, x, target, cfg, eval_mode=eval_mode), reduction)
