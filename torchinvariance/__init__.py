@@ -4,10 +4,21 @@ The public API is flat: ``import torchinvariance as ti`` and use ``ti.get_group`
 ``ti.InvarianceLoss``, ... See the documentation for the full reference.
 """
 
-from torchinvariance import divergences, groups, metrics, models, orbit, registry, spectral, testing
+from torchinvariance import actions, divergences, groups, metrics, models, orbit, registry, spectral, testing
+from torchinvariance.actions import OutputAction
 from torchinvariance.divergences import kl_divergence, l2_divergence, normalized_l2_divergence
-from torchinvariance.groups import CyclicGroup, Dihedral, Flip, Group, Rotation, Translation
-from torchinvariance.losses import InvarianceLoss, WeightedInvarianceLoss
+from torchinvariance.groups import (
+    SO2,
+    ContinuousGroup,
+    CyclicGroup,
+    Dihedral,
+    Flip,
+    Group,
+    Rotation,
+    Scale,
+    Translation,
+)
+from torchinvariance.losses import EquivarianceLoss, InvarianceLoss, WeightedInvarianceLoss
 from torchinvariance.metrics import (
     DistributionInvariance,
     InvarianceReport,
@@ -24,14 +35,23 @@ from torchinvariance.models import MLP, EscnnInvariantMLP, GroupAveraged, GroupI
 from torchinvariance.orbit import orbit_forward
 from torchinvariance.registry import GroupRegistry, get_group, hookimpl, hookspec, list_groups, register_group
 from torchinvariance.spectral import jacobian_spectral_norm, weight_spectral_norms
-from torchinvariance.testing import assert_invariant, invariance_error
+from torchinvariance.testing import (
+    assert_equivariant,
+    assert_invariant,
+    check_group,
+    equivariance_error,
+    invariance_error,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SO2",
+    "ContinuousGroup",
     "CyclicGroup",
     "Dihedral",
     "DistributionInvariance",
+    "EquivarianceLoss",
     "EscnnInvariantMLP",
     "Flip",
     "Group",
@@ -42,15 +62,21 @@ __all__ = [
     "InvarianceReport",
     "LogitInvariance",
     "MLP",
+    "OutputAction",
     "Rotation",
     "SaliencyConfig",
     "SaliencyInvariance",
+    "Scale",
     "Translation",
     "WeightedInvarianceLoss",
     "__version__",
+    "actions",
+    "assert_equivariant",
     "assert_invariant",
+    "check_group",
     "distribution_invariance",
     "divergences",
+    "equivariance_error",
     "evaluate_invariance",
     "get_group",
     "groups",

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from torchinvariance._checks import check_model
+from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
 from torchinvariance.divergences import (
     DIVERGENCES,
     Divergence,
@@ -32,11 +33,12 @@ from torchinvariance.divergences import (
     orbit_divergence,
     resolve_divergence,
 )
-from torchinvariance.groups import Group, check_group
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.orbit import check_batch, frozen_buffers, model_output, orbit_forward
 
 __all__ = [
     "DIVERGENCES",
+    "EquivarianceLoss",
     "InvarianceLoss",
     "WeightedInvarianceLoss",
     "kl_divergence",
@@ -129,9 +131,10 @@ class InvarianceLoss(_Composable):
             ``"normalized_l2"`` (:func:`normalized_l2_divergence`) or a
             callable ``(fx, fgx) -> (N,)`` on two same-shaped ``(N, ...)``
             tensors.
-        elements: ``None`` for the whole group, an int ``k`` to draw ``k``
-            elements uniformly per call (cost grows with ``k``), or an explicit
-            list of elements.
+        elements: ``None`` for the whole group (finite groups), an int ``k`` to
+            draw ``k`` elements per call with ``group.sample`` (cost grows with
+            ``k``; the way to use a continuous group such as ``so2``), or an
+            explicit list of elements (e.g. angles in degrees).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         chunk_size: if given, run at most this many group elements per forward,
             each chunk under activation checkpointing (also when one chunk holds
@@ -162,7 +165,7 @@ class InvarianceLoss(_Composable):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_group(group)
+        ensure_group(group)
         check_model(model)
         resolve_divergence(divergence)  # unknown names fail here, once
         # held, not registered: the loss has no parameters of its own, so a module holding both the model and
@@ -188,6 +191,11 @@ class InvarianceLoss(_Composable):
             elements = [group.check_element(g) for g in elements]
             if not elements:
                 raise ValueError("elements must not be an empty list")
+        if elements is None and not group.is_finite:
+            raise ValueError(
+                f"{group!r} is continuous: its elements cannot be enumerated; pass elements=k to draw k elements "
+                "per call, or an explicit list (e.g. angles in degrees)"
+            )
         self.elements = elements
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
@@ -195,6 +203,7 @@ class InvarianceLoss(_Composable):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self.generator = generator
+        self.output_action: OutputAction = OutputAction.invariant()
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .double() ... on the loss move its model too, as when the model was a submodule
@@ -231,7 +240,7 @@ class InvarianceLoss(_Composable):
         # the transformed copies are not new data: running statistics (BatchNorm) stay as f(x) left them,
         # also when checkpointing recomputes this forward during backward
         with frozen_buffers(self.model):
-            return self._pair(fx, orbit_forward(self.model, self.group, x, els))
+            return self._pair(fx, orbit_forward(self.model, self.group, x, els, output_action=self.output_action))
 
     def _nonid_terms(self, x: Tensor, fx: Tensor, nonid: list[int]) -> Tensor:
         """Terms of the non-identity elements ``nonid``, given ``f(x)``."""
@@ -281,7 +290,7 @@ class InvarianceLoss(_Composable):
         if self.chunk_size is not None or not nonid:
             fx = self._check_fx(self.model(x), b)
             return self._finish(self._nonid_terms(x, fx, nonid) if nonid else None, els, fx), fx
-        out = orbit_forward(self.model, self.group, x, [self.group.identity, *nonid])
+        out = orbit_forward(self.model, self.group, x, [self.group.identity, *nonid], output_action=self.output_action)
         fx = self._check_fx(out[0], b)
         return self._finish(self._pair(fx, out[1:]), els, fx), fx
 
@@ -303,6 +312,62 @@ class InvarianceLoss(_Composable):
         els = self._elements()
         nonid = [g for g in els if g != self.group.identity]
         return self._finish(self._nonid_terms(x, fx, nonid) if nonid else None, els, fx)
+
+
+class EquivarianceLoss(InvarianceLoss):
+    r"""The equivariance error of a model: how far :math:`g^{-1} \cdot f(g \cdot x)` is from :math:`f(x)`.
+
+    .. math::
+        E_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{i=1}^{n}
+        d\big(f(x_b),\; g_i^{-1} \cdot f(g_i x_b)\big)
+
+    where :math:`g \cdot y` is the ``output_action`` (see
+    :mod:`torchinvariance.actions`): ``"same"`` for outputs that transform
+    like the input (masks, feature maps), a permutation of classes or
+    channels per element, a representation ``rho(g)`` for vector outputs, or
+    any callable ``(g, y) -> y'``. With ``output_action="trivial"`` this is
+    :class:`InvarianceLoss`. Everything else is shared with
+    :class:`InvarianceLoss`: one batched forward of the orbit, ``logits=``
+    reuse, ``elements``, ``reduction``, ``chunk_size``, composition with
+    ``+`` and ``*``, and the BatchNorm handling.
+
+    Args:
+        model: any module.
+        group: the group acting on the input.
+        output_action: how the group acts on the output.
+        divergence: as in :class:`InvarianceLoss`.
+        elements: as in :class:`InvarianceLoss`.
+        reduction: as in :class:`InvarianceLoss`.
+        chunk_size: as in :class:`InvarianceLoss`.
+        generator: as in :class:`InvarianceLoss`.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> conv = torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular")
+        >>> loss = ti.EquivarianceLoss(conv, rot, output_action="same")
+        >>> value = loss(torch.randn(4, 1, 8, 8))
+        >>> value.backward()  # a generic convolution is not rotation-equivariant: the loss trains it
+        >>> bool(value > 0), conv.weight.grad is not None
+        (True, True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        group: Group,
+        output_action: OutputActionLike,
+        divergence: Divergence = "l2",
+        elements: int | Sequence[int] | None = None,
+        reduction: Reduction = "mean",
+        chunk_size: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(model, group, divergence, elements, reduction, chunk_size, generator)
+        self.output_action = resolve_output_action(output_action, group)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, output_action={self.output_action.name!r}"
 
 
 class WeightedInvarianceLoss(_Composable):

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
-from torchinvariance.groups import Group, check_group
+from torchinvariance.actions import OutputActionLike, resolve_output_action
+from torchinvariance.groups import Group, ensure_group
 
 __all__ = ["check_batch", "frozen_buffers", "measuring", "model_output", "orbit_forward"]
 
@@ -146,6 +147,7 @@ def orbit_forward(
     elements: Sequence[int] | None = None,
     *,
     chunk_size: int | None = None,
+    output_action: OutputActionLike | None = None,
 ) -> Tensor:
     r"""Model outputs on transformed copies of a batch: ``out[i, b] = model(g_i · x_b)``.
 
@@ -163,6 +165,11 @@ def orbit_forward(
             element (identity first). Include the identity to get ``f(x)`` in
             the same forward.
         chunk_size: at most this many elements per forward; ``None`` for one.
+        output_action: how elements act on the output
+            (:func:`~torchinvariance.actions.resolve_output_action`); when given
+            and not trivial, each row is brought back to the frame of ``x``:
+            ``out[i] = g_i^{-1} · model(g_i · x)``, so an equivariant model gives
+            ``f(x)`` in every row.
 
     Returns:
         ``(n, B, ...)`` outputs; row ``i`` belongs to ``elements[i]``.
@@ -183,14 +190,18 @@ def orbit_forward(
         True
     """
     check_model(model)
-    check_group(group)
+    ensure_group(group)
     check_batch(group, x)
     els = list(group.elements()) if elements is None else _check_elements(group, elements)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    action = resolve_output_action(output_action, group)
     step = len(els) if chunk_size is None else chunk_size
     parts = [_forward(model, group, x, els[i : i + step]) for i in range(0, len(els), step)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if action.trivial:
+        return out
+    return torch.stack([action(group.inverse(g), out[i]) for i, g in enumerate(els)])
 
 
 def _check_elements(group: Group, elements: Sequence[int]) -> list[int]:

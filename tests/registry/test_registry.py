@@ -41,7 +41,7 @@ def _fake_distributions(monkeypatch, dists):
 
 def test_builtins_registered_through_hook():
     reg = GroupRegistry(autoload=False)
-    assert set(reg.list_groups()) == {"dihedral", "flip", "rotation", "translation"}
+    assert set(reg.list_groups()) == {"dihedral", "flip", "rotation", "scale", "so2", "translation"}
     assert reg.provider("rotation") == "torchinvariance (built-in)"
     assert reg.plugin_manager.hook.torchinvariance_register_groups.get_hookimpls()
 

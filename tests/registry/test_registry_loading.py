@@ -71,7 +71,7 @@ def test_failed_plugin_warning_as_error_leaves_a_usable_registry(monkeypatch):
         with pytest.raises(RuntimeWarning, match="failed to load and was skipped"):
             reg.get("rotation")
         assert reg.get("rotation", order=4).order == 4  # the registry is complete, no second failure
-    assert set(reg.list_groups()) == {"dihedral", "flip", "rotation", "translation"}
+    assert set(reg.list_groups()) == {"dihedral", "flip", "rotation", "scale", "so2", "translation"}
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CyclicGroup", "Group", "check_group"]
+__all__ = ["CyclicGroup", "Group", "ensure_group"]
 
 
 class Group(abc.ABC):
@@ -34,8 +34,17 @@ class Group(abc.ABC):
             sets it to the registry name; a directly constructed group keeps its
             class default (e.g. ``"rotation"``).
         exact: ``True`` when the action permutes pixels exactly (no
-            interpolation), so that the axioms hold bit for bit.
+            interpolation), so that the axioms hold bit for bit. ``False``
+            (interpolating groups such as ``so2``) makes the checks add the
+            interpolation floor to their tolerances.
         event_ndim: number of trailing dimensions the group acts on.
+        is_finite: ``True`` for groups that can list their elements
+            (:meth:`elements`, :attr:`order`); continuous groups
+            (:class:`~torchinvariance.groups.ContinuousGroup`) are ``False``.
+        spatial: ``True`` when the action moves pixels, so that a saliency
+            map of :math:`g x` is brought back by :math:`g^{-1}`
+            (:meth:`transform_map`); ``False`` for groups that act on values
+            only (e.g. contrast inversion), whose saliency maps stay in place.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -50,6 +59,8 @@ class Group(abc.ABC):
     name: str = "group"
     exact: bool = True
     event_ndim: int = 2
+    is_finite: bool = True
+    spatial: bool = True
 
     # ------------------------------------------------------------------ algebra
     @property
@@ -140,6 +151,14 @@ class Group(abc.ABC):
             tensor of ``x``'s shape with ``out[i] = act(gs[i], x[i])``.
         """
         self.check_input(x)
+        if not self.is_finite:  # real-number elements: one transform per sample
+            gs_list = gs.reshape(-1).tolist() if isinstance(gs, Tensor) else list(gs)
+            if len(gs_list) != x.shape[0]:
+                raise ValueError(
+                    f"act_per_sample needs one element per sample: got {len(gs_list)} elements for a batch of "
+                    f"{x.shape[0]}"
+                )
+            return torch.cat([self.transform(self.check_element(g), x[i : i + 1]) for i, g in enumerate(gs_list)])
         if isinstance(gs, Tensor):
             if gs.is_floating_point() or gs.is_complex() or gs.dtype == torch.bool:
                 raise ValueError(
@@ -200,6 +219,20 @@ class Group(abc.ABC):
             raise ValueError(f"{self!r} has elements 0..{self.order - 1} (integers); got {g!r}")
         return g
 
+    def same_element(self, g: object, h: object) -> bool:
+        """Whether ``g`` and ``h`` are the same element (``==`` for integer elements)."""
+        return self.check_element(g) == self.check_element(h)
+
+    def transform_map(self, g: int, maps: Tensor) -> Tensor:
+        """Act with ``g`` on saliency maps ``(..., H, W)``: where the pixels of ``g x`` come from.
+
+        The default moves the maps like the input (:meth:`transform`) for a
+        ``spatial`` group and leaves them in place otherwise. A group that
+        both moves pixels and changes values (flip and invert) overrides this
+        with the pixel-moving part alone.
+        """
+        return self.transform(self.check_element(g), maps) if self.spatial else maps
+
     def cayley_table(self) -> list[list[int]]:
         """The multiplication table ``table[g][h] = compose(g, h)``."""
         return [[self.compose(g, h) for h in self.elements()] for g in self.elements()]
@@ -236,7 +269,7 @@ class CyclicGroup(Group):
         return f"{type(self).__name__}(order={self._order})"
 
 
-def check_group(group: object) -> Group:
+def ensure_group(group: object) -> Group:
     """Return ``group`` if it is a :class:`Group`, else raise :class:`TypeError` saying what arrived."""
     if not isinstance(group, Group):
         raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from torchinvariance._checks import check_model
-from torchinvariance.groups import Group, check_group
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._functional import di_terms, li_terms, orbit_outputs
 from torchinvariance.metrics.saliency import Backend, Padding, SaliencyConfig, saliency_terms
 
@@ -110,7 +110,7 @@ class _InvarianceMetric(_OrbitAccumulator):
         chunk_size: int | None = None,
     ) -> None:
         check_model(model)
-        check_group(group)
+        ensure_group(group)
         self.model = model
         self.group = group
         self.eval_mode = bool(eval_mode)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from torchinvariance._checks import check_model
 from torchinvariance.divergences import check_logits
-from torchinvariance.groups import Group, check_group
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._classes import (
     DistributionInvariance,
     LogitInvariance,
@@ -253,7 +253,7 @@ def evaluate_invariance(
         (8, 1.0)
     """
     check_model(model)
-    check_group(group)
+    ensure_group(group)
     names = _check_metrics(metrics)
     saliency = SaliencyConfig.from_options(saliency_kwargs)
     _check_optional_int("max_batches", max_batches)

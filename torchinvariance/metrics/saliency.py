@@ -24,7 +24,7 @@ from torch import Tensor
 
 from torchinvariance._checks import check_model
 from torchinvariance.divergences import Reduction, check_reduction, reduce
-from torchinvariance.groups import Group, check_group
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._integrated_gradients import integrated_gradients
 from torchinvariance.orbit import check_batch, measuring, model_output
 
@@ -384,7 +384,7 @@ def saliency_terms(
 ) -> Tensor:
     """The ``(group.order, B)`` similarities of SI, validated; shared by the function and the class."""
     check_model(model)
-    check_group(group)
+    ensure_group(group)
     if group.event_ndim != 2:
         raise ValueError(
             f"saliency invariance needs a group acting on images (event_ndim=2); {group!r} has "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
-from torchinvariance.groups import Group, check_group
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.orbit import orbit_forward
 
 __all__ = ["GroupAveraged"]
@@ -36,7 +36,7 @@ class GroupAveraged(nn.Module):
 
     def __init__(self, model: nn.Module, group: Group) -> None:
         super().__init__()
-        check_group(group)
+        ensure_group(group)
         check_model(model)
         self.model = model
         self.group = group

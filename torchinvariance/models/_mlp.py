@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from torchinvariance.groups import Group, check_group
+from torchinvariance.groups import Group, ensure_group
 
 __all__ = ["MLP", "PAPER_PARAMETER_COUNT", "GroupInvariantMLP", "Pool", "mlp_parameter_count"]
 
@@ -230,7 +230,7 @@ class GroupInvariantMLP(nn.Module):
         pool: Pool = "max",
     ) -> None:
         super().__init__()
-        check_group(group)
+        ensure_group(group)
         if pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
         self.group = group

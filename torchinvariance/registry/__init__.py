@@ -2,7 +2,7 @@
 
 - :mod:`torchinvariance.registry.hookspecs`: the hook a plugin implements and the
   ``hookimpl`` marker (the page plugin authors read);
-- :mod:`torchinvariance.registry.builtin`: the built-in groups, registered through
+- ``torchinvariance.registry.builtin``: the built-in groups, registered through
   that same hook;
 - :class:`GroupRegistry` and the module-level :func:`get_group`,
   :func:`list_groups`, :func:`register_group` on the default registry.

@@ -33,7 +33,7 @@ from typing import Any
 
 import pluggy
 
-from torchinvariance.groups import Group
+from torchinvariance.groups import Group, check_group, validate_group
 from torchinvariance.registry import builtin, hookspecs
 
 __all__ = [
@@ -165,6 +165,13 @@ class GroupRegistry:
             raise ValueError(f"group names are non-empty strings, got {name!r}")
         if not callable(factory):
             raise TypeError(f"factory for group {name!r} must be callable, got {factory!r}")
+        if isinstance(factory, type) and issubclass(factory, Group):
+            order = inspect.getattr_static(factory, "order", None)
+            if callable(order) and not isinstance(order, property):
+                raise TypeError(
+                    f"group {name!r} ({provider}): {factory.__name__}.order is a method; it must be an int property "
+                    "(decorate it with @property) or an int class attribute"
+                )
         taken = self._factories.get(name) or (staged or {}).get(name)
         if taken is not None:
             raise ValueError(
@@ -178,9 +185,21 @@ class GroupRegistry:
             self._factories[name] = (factory, provider)
 
     # -------------------------------------------------------------- public API
-    def register(self, name: str, factory: Callable[..., Group], *, provider: str = "user") -> None:
-        """Register ``factory`` under ``name``; duplicates raise :class:`ValueError`."""
+    def register(
+        self, name: str, factory: Callable[..., Group], *, provider: str = "user", check: bool = False
+    ) -> None:
+        """Register ``factory`` under ``name``; duplicates raise :class:`ValueError`.
+
+        Args:
+            name: the registry name.
+            factory: ``factory(**params) -> Group``.
+            provider: who registers it (shown in errors).
+            check: build ``factory()`` with its default parameters and run the full
+                :func:`~torchinvariance.check_group` before registering.
+        """
         self._ensure_loaded()
+        if check:
+            check_group(validate_group(factory()))
         self._add(name, factory, provider)
 
     def list_groups(self) -> list[str]:
@@ -229,6 +248,7 @@ class GroupRegistry:
                 f"factory of group {name!r} ({provider}) returned {type(group).__name__}, "
                 "expected a torchinvariance.groups.Group"
             )
+        validate_group(group)
         group.name = name
         return group
 
@@ -270,8 +290,12 @@ def list_groups() -> list[str]:
     return _default_registry.list_groups()
 
 
-def register_group(name: str, factory: Callable[..., Group]) -> None:
+def register_group(name: str, factory: Callable[..., Group], *, check: bool = False) -> None:
     """Register a group factory at run time (``factory(**params) -> Group``).
+
+    Registration checks cheaply what needs no input (a class factory's ``order`` must be an int property; every
+    built group must have an int ``order`` and an ``identity`` that is an element). ``check=True`` also builds
+    ``factory()`` and runs the full :func:`~torchinvariance.check_group` (axioms and action) first.
 
     Raises:
         ValueError: ``name`` is already registered (the message names both providers).
@@ -282,4 +306,4 @@ def register_group(name: str, factory: Callable[..., Group]) -> None:
         >>> ti.get_group("quarter_turns").order
         4
     """
-    _default_registry.register(name, factory)
+    _default_registry.register(name, factory, check=check)

@@ -6,7 +6,7 @@ that module's ``__all__``), then add one ``register(...)`` line here.
 
 from __future__ import annotations
 
-from torchinvariance.groups import Dihedral, Flip, Rotation, Translation
+from torchinvariance.groups import SO2, Dihedral, Flip, Rotation, Scale, Translation
 from torchinvariance.registry.hookspecs import RegisterFn, hookimpl
 
 
@@ -17,3 +17,5 @@ def torchinvariance_register_groups(register: RegisterFn) -> None:
     register("translation", Translation)
     register("flip", Flip)
     register("dihedral", Dihedral)
+    register("so2", SO2)
+    register("scale", Scale)

@@ -55,7 +55,7 @@ def torchinvariance_register_groups(register: RegisterFn) -> None:
     ``factory(**params)`` must return a :class:`~torchinvariance.groups.Group`;
     :func:`~torchinvariance.get_group` calls it with the user's parameters and
     sets the group's ``name`` to ``name``. Built-in groups are registered
-    through this same hook (:mod:`torchinvariance.registry.builtin`).
+    through this same hook (``torchinvariance.registry.builtin``).
 
     Registration is all-or-nothing per plugin: if the hook raises, none of the
     groups it registered are kept, and the plugin is reported as skipped with a

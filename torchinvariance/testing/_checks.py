@@ -1,7 +1,9 @@
-r"""Test that a model is invariant: :func:`invariance_error` measures, :func:`assert_invariant` decides.
+r"""Test that a model is invariant or equivariant: the ``*_error`` functions measure, the ``assert_*`` decide.
 
-Both check EVERY element of the group (not a random subset), in one batched forward pass over the orbit, and can run
-the comparison in float64 on a cast copy of the model.
+They check EVERY element of the group (not a random subset), in one batched forward pass over the orbit, and can run
+the comparison in float64 on a cast copy of the model. For groups that interpolate (``group.exact`` is ``False``)
+they also measure the interpolation floor, the model's response to the round trip :math:`g^{-1} \cdot (g \cdot x)`,
+and the assertions add it to the tolerance.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
-from torchinvariance.groups import Group, check_group
+from torchinvariance.actions import OutputActionLike, resolve_output_action
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.orbit import measuring, orbit_forward
 
-__all__ = ["DEFAULT_TOLERANCES", "assert_invariant", "invariance_error"]
+__all__ = ["DEFAULT_TOLERANCES", "assert_equivariant", "assert_invariant", "equivariance_error", "invariance_error"]
 
 Reduction = Literal["max", "none"]
 _REDUCTIONS = ("max", "none")
@@ -54,9 +57,13 @@ def _measure(
     elements: Sequence[int] | None,
     dtype: torch.dtype | None,
     eval_mode: bool = True,
-) -> tuple[Tensor, Tensor, list[int], torch.dtype]:
-    """Per-sample deviations ``(n, B)``, the scale ``max |f(x)|``, the elements and the output dtype."""
-    check_group(group)
+    output_action: OutputActionLike | None = None,
+) -> tuple[Tensor, Tensor, list, torch.dtype, Tensor | None]:
+    r"""Per-sample deviations ``(n, B)``, the scale ``max |f(x)|``, the elements, the output dtype and the floor.
+
+    The floor ``(n,)`` (``None`` for exact groups) is :math:`\max_{b,c} |f(g^{-1} (g x_b))_c - f(x_b)_c|`.
+    """
+    ensure_group(group)
     check_model(model)
     if not isinstance(x, Tensor) or x.dim() <= group.event_ndim or x.shape[0] == 0:
         raise ValueError(
@@ -71,15 +78,22 @@ def _measure(
         els = [group.check_element(g) for g in elements]
     if not els:
         raise ValueError("elements must not be empty")
+    action = resolve_output_action(output_action, group)
     model, x = _cast(model, x, dtype)
     with torch.no_grad(), measuring(model, eval_mode):  # one forward: x (as the identity), then every element
-        out = orbit_forward(model, group, x, [group.identity, *els])
+        out = orbit_forward(model, group, x, [group.identity, *els], output_action=action)
+        floor = None
+        if not group.exact:
+            trips = torch.stack([group.act(group.inverse(g), group.act(g, x)) for g in els]).flatten(0, 1)
+            back = model(trips).reshape(len(els), x.shape[0], -1)
     batch = x.shape[0]
     out = out.reshape(len(els) + 1, batch, -1)
     ref = out[0]
     deviation = (out[1:] - ref).abs().amax(-1) if out.shape[-1] else out.new_zeros(len(els), batch)
+    if not group.exact:
+        floor = (back - ref).abs().amax(-1).amax(-1) if out.shape[-1] else out.new_zeros(len(els))
     scale = ref.abs().amax() if ref.numel() else ref.new_zeros(())
-    return deviation, scale, els, out.dtype
+    return deviation, scale, els, out.dtype, floor
 
 
 def invariance_error(
@@ -136,7 +150,7 @@ def invariance_error(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    deviation, scale, _, _ = _measure(model, group, x, elements, dtype, eval_mode)
+    deviation, scale, _, _, _ = _measure(model, group, x, elements, dtype, eval_mode)
     if relative:
         deviation = deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
     return deviation.amax(1) if reduction == "max" else deviation
@@ -195,7 +209,21 @@ def assert_invariant(
             ...
         AssertionError: MLP is not invariant to Rotation(order=4): worst element 'rot...' has max |f(g x) - f(x)| = ...
     """
-    deviation, scale, els, out_dtype = _measure(model, group, x, elements, dtype, eval_mode)
+    measured = _measure(model, group, x, elements, dtype, eval_mode)
+    return _decide(model, group, measured, atol, rtol, "invariant", "f(g x) - f(x)")
+
+
+def _decide(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    measured: tuple[Tensor, Tensor, list, torch.dtype, Tensor | None],
+    atol: float | None,
+    rtol: float | None,
+    what: str,
+    formula: str,
+) -> Tensor:
+    """Compare the per-element errors with ``atol + rtol * max|f(x)| (+ the interpolation floor)``; raise if above."""
+    deviation, scale, els, out_dtype, floor = measured
     if atol is None and rtol is None:
         atol, rtol = DEFAULT_TOLERANCES.get(out_dtype, (0.0, 0.0))
     atol = 0.0 if atol is None else float(atol)
@@ -203,17 +231,99 @@ def assert_invariant(
     if atol < 0 or rtol < 0:
         raise ValueError(f"atol and rtol must be >= 0, got atol={atol!r}, rtol={rtol!r}")
     errors = deviation.amax(1)
-    tolerance = atol + rtol * float(scale)
+    tolerance = torch.full_like(errors, atol + rtol * float(scale))
+    if floor is not None:
+        tolerance = tolerance + floor
     failed = ~(errors <= tolerance)  # NaN fails
     if bool(failed.any()):
-        ranked = torch.where(torch.isnan(errors), torch.full_like(errors, float("inf")), errors)
+        ranked = torch.where(torch.isnan(errors), torch.full_like(errors, float("inf")), errors - tolerance)
         worst = int(ranked.argmax())
         name = type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", "model")
         per_element = ", ".join(f"{group.element_name(g)}: {float(e):.3e}" for g, e in zip(els, errors))
+        floor_note = ""
+        if floor is not None:
+            floor_note = (
+                f" + interpolation floor {float(floor[worst]):.3e} (max |f(g^-1 (g x)) - f(x)|, the model's "
+                "response to resampling alone)"
+            )
         raise AssertionError(
-            f"{name} is not invariant to {group!r}: worst element {group.element_name(els[worst])!r} has "
-            f"max |f(g x) - f(x)| = {float(errors[worst]):.3e} > tolerance {tolerance:.3e} "
-            f"(atol={atol:g} + rtol={rtol:g} * max|f(x)|={float(scale):.3e}, computed in {out_dtype}); "
+            f"{name} is not {what} to {group!r}: worst element {group.element_name(els[worst])!r} has "
+            f"max |{formula}| = {float(errors[worst]):.3e} > tolerance {float(tolerance[worst]):.3e} "
+            f"(atol={atol:g} + rtol={rtol:g} * max|f(x)|={float(scale):.3e}{floor_note}, computed in {out_dtype}); "
             f"{int(failed.sum())} of {len(els)} elements fail. Errors per element: {per_element}"
         )
     return errors
+
+
+def equivariance_error(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    output_action: OutputActionLike,
+    *,
+    elements: Sequence[int] | None = None,
+    relative: bool = False,
+    dtype: torch.dtype | None = None,
+    reduction: Reduction = "max",
+    eval_mode: bool = True,
+) -> Tensor:
+    r"""The largest deviation of :math:`g^{-1} \cdot f(g \cdot x)` from :math:`f(x)` under each group element.
+
+    .. math::
+        e_g = \max_{b, c} \bigl| \big(g^{-1} \cdot f(g \cdot x_b)\big)_c - f(x_b)_c \bigr|
+
+    with :math:`g \cdot y` the ``output_action`` (see :mod:`torchinvariance.actions`; ``"trivial"`` gives
+    :func:`invariance_error`). Everything else as in :func:`invariance_error`.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> pointwise = torch.nn.Conv2d(1, 1, 1)  # a 1x1 convolution commutes with every rotation
+        >>> err = ti.equivariance_error(pointwise, rot, torch.randn(2, 1, 6, 6), "same")
+        >>> bool(err.max() < 1e-6)
+        True
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    deviation, scale, _, _, _ = _measure(model, group, x, elements, dtype, eval_mode, output_action)
+    if relative:
+        deviation = deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
+    return deviation.amax(1) if reduction == "max" else deviation
+
+
+def assert_equivariant(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    output_action: OutputActionLike = "same",
+    atol: float | None = None,
+    rtol: float | None = None,
+    *,
+    elements: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    eval_mode: bool = True,
+) -> Tensor:
+    r"""Assert that ``model`` is equivariant: :math:`g^{-1} \cdot f(g \cdot x) = f(x)` for every element.
+
+    The tolerances, the interpolation floor of non-exact groups and the message are those of
+    :func:`assert_invariant`; the output action is :mod:`torchinvariance.actions`' (default ``"same"``: the output
+    transforms like the input).
+
+    Returns:
+        the per-element errors (see :func:`equivariance_error`).
+
+    Raises:
+        AssertionError: some element exceeds the tolerance, naming the worst one.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> x = torch.randn(2, 1, 6, 6)
+        >>> _ = ti.assert_equivariant(torch.nn.Conv2d(1, 1, 1), rot, x, "same")
+        >>> ti.assert_equivariant(torch.nn.Conv2d(1, 1, 3, padding=1), rot, x, "same")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        AssertionError: Conv2d is not equivariant to Rotation(order=4): worst element ...
+    """
+    measured = _measure(model, group, x, elements, dtype, eval_mode, output_action)
+    return _decide(model, group, measured, atol, rtol, "equivariant", "g^-1 f(g x) - f(x)")

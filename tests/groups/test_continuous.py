@@ -1,0 +1,117 @@
+"""Continuous groups (groups/_continuous.py): so2 and scale, sampled losses, interpolation floors."""
+
+import math
+
+import pytest
+import torch
+from helpers import mlp
+from torch import nn
+
+import torchinvariance as ti
+
+F64 = torch.float64
+
+
+def _smooth(b=4, size=24, seed=0):
+    """Band-limited images, centred and zero outside the inscribed disk."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(b, 1, 4, 4, generator=g, dtype=F64)
+    x = nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    c = (torch.arange(size, dtype=F64) + 0.5) / size * 2 - 1
+    x = x * torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * 0.35**2))
+    return ti.get_group("so2").mask_input(x)
+
+
+def test_so2_algebra_modulo_360_and_names():
+    so2 = ti.get_group("so2")
+    assert so2.compose(350.0, 20.0) == pytest.approx(10.0)
+    assert so2.inverse(30.0) == pytest.approx(330.0)
+    assert so2.check_element(-90) == pytest.approx(270.0)
+    assert so2.same_element(359.9999999999, 0.0)
+    assert so2.element_name(37.5) == "rot37.5" and not so2.exact and not so2.is_finite
+    with pytest.raises(TypeError, match="continuous group"):
+        so2.elements()
+    with pytest.raises(TypeError, match="continuous group"):
+        _ = so2.order
+    with pytest.raises(ValueError, match="real-number elements"):
+        so2.act(float("nan"), torch.zeros(1, 4, 4))
+    angles = so2.sample(1000, generator=torch.Generator().manual_seed(0))
+    assert min(angles) >= 0 and max(angles) < 360 and 150 < sum(angles) / len(angles) < 210
+
+
+def test_so2_multiples_of_90_match_rot90_and_the_round_trip_is_small():
+    so2 = ti.get_group("so2")
+    x = _smooth()
+    rot = ti.get_group("rotation", order=4)
+    for k in range(4):
+        torch.testing.assert_close(so2.act(90.0 * k, x), rot.act(k, x), rtol=0, atol=1e-6)
+    back = so2.act(-37.5, so2.act(37.5, x))
+    rel = float((back - x).norm() / x.norm())
+    assert rel < 0.1, rel  # bilinear, twice, on 24x24 pixels
+
+
+def test_scale_algebra_sampling_and_round_trip():
+    scale = ti.get_group("scale", min_scale=0.8, max_scale=1.25)
+    assert scale.compose(2.0, 0.25) == 0.5 and scale.inverse(4.0) == 0.25 and scale.identity == 1.0
+    draws = scale.sample(500, generator=torch.Generator().manual_seed(1))
+    assert 0.8 <= min(draws) and max(draws) <= 1.25
+    assert abs(sum(math.log(s) for s in draws) / 500) < 0.03  # log-uniform around 1
+    x = _smooth()
+    back = scale.act(1 / 1.1, scale.act(1.1, x))
+    assert float((back - x).norm() / x.norm()) < 0.1
+    with pytest.raises(ValueError, match="positive scale factors"):
+        scale.act(-1.0, x)
+
+
+def test_check_group_passes_builtins_and_reports_a_tolerance_for_interpolating_ones():
+    for name, params in [("rotation", {"order": 4}), ("dihedral", {}), ("translation", {"order": 3})]:
+        assert ti.check_group(ti.get_group(name, **params))["tolerance"] is None
+    for name in ("so2", "scale"):
+        report = ti.check_group(ti.get_group(name))
+        assert report["action_checked"] and 0 < report["tolerance"] < 0.5
+
+
+def test_gap_model_is_far_more_invariant_than_an_mlp_under_so2():
+    so2 = ti.get_group("so2")
+    x = _smooth(b=6)
+    torch.manual_seed(0)
+    gap = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).double()
+    plain = mlp(24 * 24, classes=3, dtype=F64)
+    angles = [15.0, 37.5, 100.0, 233.0]
+    e_gap = ti.invariance_error(gap, so2, x, elements=angles, relative=True)
+    e_mlp = ti.invariance_error(plain, so2, x, elements=angles, relative=True)
+    assert float(e_mlp.max()) >= 10 * float(e_gap.max()), (e_gap, e_mlp)
+
+
+def test_sampled_loss_backpropagates_and_explicit_angles_work():
+    so2 = ti.get_group("so2")
+    model = mlp(24 * 24, classes=3, dtype=F64)
+    x = _smooth(b=3)
+    loss = ti.InvarianceLoss(model, so2, elements=3, generator=torch.Generator().manual_seed(0))
+    value = loss(x)
+    value.backward()
+    assert float(value) > 0 and all(p.grad is not None for p in model.parameters())
+    explicit = ti.InvarianceLoss(model, so2, elements=[0.0, 45.0], reduction="none")(x)
+    ref = 0.5 * (model(so2.act(45.0, x)) - model(x)).pow(2).sum(1)
+    torch.testing.assert_close(explicit[1], ref)
+    assert torch.equal(explicit[0], torch.zeros(3, dtype=F64))
+    with pytest.raises(ValueError, match="continuous: its elements cannot be enumerated"):
+        ti.InvarianceLoss(model, so2)
+
+
+def test_assert_invariant_adds_the_interpolation_floor():
+    """A model averaged over the 24 multiples of 15 degrees: invariant up to resampling, which the floor covers."""
+    so2 = ti.get_group("so2")
+    x = _smooth(b=3)
+    inner = mlp(24 * 24, classes=3, dtype=F64)
+    angles = [15.0 * k for k in range(24)]
+
+    class Averaged(nn.Module):
+        def forward(self, z):
+            return ti.orbit_forward(inner, so2, z, angles).mean(0)
+
+    model = Averaged()
+    errors = ti.assert_invariant(model, so2, x, elements=[15.0, 90.0, 165.0])
+    assert float(errors.max()) > 1e-9  # not exact: the resampling shows
+    with pytest.raises(AssertionError, match="interpolation floor"):
+        ti.assert_invariant(inner, so2, x, elements=[15.0, 90.0])  # a plain MLP is far above the floor

@@ -1,0 +1,126 @@
+"""Output actions (actions.py), EquivarianceLoss, equivariance_error and assert_equivariant."""
+
+import math
+import pickle
+
+import pytest
+import torch
+from helpers import mlp
+from torch import nn
+
+import torchinvariance as ti
+
+F64 = torch.float64
+ROT = ti.get_group("rotation", order=4)
+
+
+class C4Conv(nn.Module):
+    """A convolution whose kernel is averaged over the four rotations (circular padding): exactly C4-equivariant."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(2, 1, 3, 3, dtype=F64))
+
+    def forward(self, x):
+        w = torch.stack([torch.rot90(self.weight, k, (-2, -1)) for k in range(4)]).mean(0)
+        return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), w)
+
+
+def _generic_conv(seed=0):
+    torch.manual_seed(seed)
+    return nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular", bias=False).double()
+
+
+def test_symmetric_convolution_scores_zero_under_same_on_every_element():
+    x = torch.randn(3, 1, 8, 8, dtype=F64)
+    model = C4Conv()
+    values = ti.EquivarianceLoss(model, ROT, "same", reduction="none")(x)
+    assert values.shape == (4, 3) and float(values.detach().abs().max()) < 1e-24
+    errors = ti.assert_equivariant(model, ROT, x, "same")
+    assert errors.shape == (4,) and float(errors.max()) < 1e-12
+    # reference: g^-1 f(g x) computed by hand, element by element
+    for g in ROT.elements():
+        ref = ROT.act(ROT.inverse(g), model(ROT.act(g, x)))
+        torch.testing.assert_close(ref, model(x), rtol=0, atol=1e-12)
+
+
+def test_generic_convolution_scores_positive_gets_a_gradient_and_fails_the_assertion():
+    x = torch.randn(3, 1, 8, 8, dtype=F64)
+    conv = _generic_conv()
+    loss = ti.EquivarianceLoss(conv, ROT, "same")
+    value = loss(x)
+    ref = torch.stack(
+        [0.5 * (ROT.act(ROT.inverse(g), conv(ROT.act(g, x))) - conv(x)).pow(2).flatten(1).sum(1) for g in range(4)]
+    ).mean()
+    torch.testing.assert_close(value, ref)
+    value.backward()
+    assert conv.weight.grad is not None and float(conv.weight.grad.abs().max()) > 0
+    with pytest.raises(AssertionError, match=r"Conv2d is not equivariant to Rotation\(order=4\): worst element 'rot"):
+        ti.assert_equivariant(conv, ROT, x, "same")
+    # and the invariance check of the same model under the trivial action also fails: a conv is not invariant
+    with pytest.raises(AssertionError, match="not invariant"):
+        ti.assert_invariant(conv, ROT, x)
+
+
+def test_logits_reuse_and_composition():
+    x = torch.randn(2, 1, 8, 8, dtype=F64)
+    conv = _generic_conv(1)
+    loss = ti.EquivarianceLoss(conv, ROT, "same")
+    torch.testing.assert_close(loss(x, logits=conv(x)), loss(x))
+    both = loss + 0.5 * ti.InvarianceLoss(conv, ROT)
+    torch.testing.assert_close(both(x), loss(x) + 0.5 * ti.InvarianceLoss(conv, ROT)(x))
+    assert "output_action='same'" in repr(loss)
+    assert pickle.loads(pickle.dumps(loss))(x).shape == ()
+
+
+def test_permutation_action_on_classes():
+    """A classifier that sees the flip and swaps two classes is equivariant under that permutation."""
+    flip = ti.get_group("flip")
+    inner = mlp(16, classes=1, dtype=F64)
+
+    class Swapping(nn.Module):
+        def forward(self, x):
+            sym = 0.5 * (inner(x) + inner(x.flip(-1)))  # invariant, and the same for both classes
+            ramp = torch.arange(x.shape[-1], dtype=x.dtype)  # not flip-symmetric, so the sum below is not 0
+            anti = ((x - x.flip(-1)) * ramp).flatten(1).sum(1, keepdim=True)  # changes sign under the flip
+            return sym + torch.cat([anti, -anti], 1)
+
+    x = torch.randn(4, 1, 4, 4, dtype=F64)
+    swap = {0: [0, 1], 1: [1, 0]}
+    ti.assert_equivariant(Swapping(), flip, x, swap)
+    assert float(ti.equivariance_error(Swapping(), flip, x, swap).max()) < 1e-12
+    with pytest.raises(AssertionError):
+        ti.assert_invariant(Swapping(), flip, x)
+
+
+def test_representation_and_callable_actions():
+    """A vector output rotating with the image: rho is the 2x2 rotation by 90 degrees per quarter turn."""
+
+    def centroid(x):  # intensity-weighted centre of mass: rotates with the image (square grid, centred coords)
+        h = x.shape[-1]
+        c = torch.arange(h, dtype=x.dtype) - (h - 1) / 2
+        w = x.flatten(1).sum(1, keepdim=True)
+        xs = (x.sum(-2).flatten(1) * c).sum(1, keepdim=True) / w  # column coordinate
+        ys = (x.sum(-1).flatten(1) * c).sum(1, keepdim=True) / w  # row coordinate (down)
+        return torch.cat([xs, -ys], 1)  # (x right, y up)
+
+    def rho(g):
+        c, s = round(math.cos(math.pi / 2 * int(g))), round(math.sin(math.pi / 2 * int(g)))
+        return torch.tensor([[c, -s], [s, c]], dtype=F64)
+
+    x = torch.rand(3, 1, 6, 6, dtype=F64)
+    ti.assert_equivariant(centroid, ROT, x, rho)
+    ti.assert_equivariant(centroid, ROT, x, ti.OutputAction.representation(rho))
+    ti.assert_equivariant(centroid, ROT, x, lambda g, y: y @ rho(g).T)
+    with pytest.raises(AssertionError):
+        ti.assert_equivariant(centroid, ROT, x, lambda g, y: y)  # the trivial action is wrong here
+
+
+def test_bad_output_actions():
+    with pytest.raises(ValueError, match="output_action must be 'trivial', 'same'"):
+        ti.EquivarianceLoss(mlp(16), ROT, "mirror")
+    with pytest.raises(ValueError, match=r"must be a permutation of 0\.\.n-1"):
+        ti.OutputAction.permutation([[0, 0]])
+    with pytest.raises(ValueError, match="takes one argument"):
+        ti.EquivarianceLoss(mlp(16), ROT, lambda a, b, c: a)
