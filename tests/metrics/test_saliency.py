@@ -277,3 +277,95 @@ def test_config_replaces_the_keyword_options():
         ti.saliency_invariance(model, ROT4 := ti.get_group("rotation", order=4), x, config=cfg),
         ti.saliency_invariance(model, ROT4, x, n_steps=6, threshold=0.5, kernel_size=1),
     )
+
+
+# ----------------------------------------------------------------------------- value-acting and continuous groups
+class FlipInvert(ti.Group):
+    """The Klein four-group {id, flip, invert, flip+invert}: bit 0 mirrors left-right, bit 1 negates the values."""
+
+    @property
+    def order(self):
+        return 4
+
+    def compose(self, g, h):
+        return self.check_element(g) ^ self.check_element(h)
+
+    def inverse(self, g):
+        return self.check_element(g)
+
+    def transform(self, g, x):
+        y = x.flip(-1) if g & 1 else x
+        return -y if g & 2 else y
+
+    def transform_map(self, g, maps):
+        return maps.flip(-1) if self.check_element(g) & 1 else maps  # only the flip moves pixels
+
+
+class Invert(ti.CyclicGroup):
+    spatial = False  # acts on values only: saliency maps stay where they are
+
+    def __init__(self):
+        super().__init__(2)
+
+    def transform(self, g, x):
+        return -x if g else x
+
+
+def test_si_of_an_exactly_invariant_model_is_one_for_groups_that_act_on_values():
+    x = _x(b=3)
+    for group in (FlipInvert(), Invert()):
+        ti.check_group(group)
+        model = ti.GroupAveraged(mlp(36, dtype=F64), group).eval()
+        ti.assert_invariant(model, group, x, dtype=F64)
+        si = ti.saliency_invariance(model, group, x, n_steps=8, reduction="none")
+        torch.testing.assert_close(si, torch.ones_like(si), rtol=0, atol=1e-9)
+
+    # the bug this guards against: realigning the maps with the full action negates them (similarity 0)
+    class Naive(FlipInvert):
+        def transform_map(self, g, maps):
+            return self.transform(self.check_element(g), maps)
+
+    model = ti.GroupAveraged(mlp(36, dtype=F64), Naive()).eval()
+    si = ti.saliency_invariance(model, Naive(), x, n_steps=8, reduction="none")
+    assert si[2:].max() < 0.5
+
+
+def test_blur_after_realignment_for_a_permutation_that_does_not_commute_with_the_filter():
+    """A random pairing of pixels (an involution): blurring does not commute with it, yet SI of an invariant model is 1.
+
+    Realigning first and blurring the reference and the realigned map alike makes the comparison exact; blurring
+    first and realigning afterwards (the old order) scrambles the blurred map and gives SI < 1.
+    """
+    perm = torch.randperm(36, generator=torch.Generator().manual_seed(3))
+    pairing = torch.arange(36)
+    pairing[perm[0::2]], pairing[perm[1::2]] = perm[1::2], perm[0::2]
+
+    class Shuffle(ti.CyclicGroup):
+        def __init__(self):
+            super().__init__(2)
+
+        def transform(self, g, x):
+            return x.flatten(-2)[..., pairing].reshape(x.shape) if g else x
+
+    group = Shuffle()
+    ti.check_group(group, _x(b=2))
+    model = ti.GroupAveraged(mlp(36, dtype=F64), group).eval()
+    si = ti.saliency_invariance(model, group, _x(b=2), n_steps=8, reduction="none")
+    torch.testing.assert_close(si, torch.ones_like(si), rtol=0, atol=1e-9)
+
+
+def test_si_and_di_li_with_explicit_elements_of_so2():
+    so2 = ti.get_group("so2")
+    x = so2.mask_input(_x(b=2, h=12, w=12))
+    model = mlp(144, dtype=F64).eval()
+    angles = [0.0, 30.0, 90.0]
+    si = ti.saliency_invariance(model, so2, x, n_steps=6, elements=angles, reduction="none")
+    assert si.shape == (3, 2) and torch.allclose(si[0], torch.ones(2, dtype=F64))
+    li = ti.logit_invariance(model, so2, x, elements=angles, reduction="none")
+    ref = torch.stack([0.5 * (model(so2.act(a, x)) - model(x)).pow(2).sum(1) for a in angles])
+    torch.testing.assert_close(li, ref)
+    floor = ti.interpolation_floor(model, so2, x, elements=angles, reduction="none")
+    assert floor.shape == (3, 2) and float(floor[0].abs().max()) < 1e-20 and float(floor[1].min()) > 1e-12
+    for fn in (ti.logit_invariance, ti.distribution_invariance):
+        with pytest.raises(ValueError, match="continuous: pass elements="):
+            fn(model, so2, x)

@@ -11,7 +11,7 @@
 """
 
 from torchinvariance.metrics._classes import DistributionInvariance, LogitInvariance, SaliencyInvariance
-from torchinvariance.metrics._functional import distribution_invariance, logit_invariance
+from torchinvariance.metrics._functional import distribution_invariance, interpolation_floor, logit_invariance
 from torchinvariance.metrics._report import InvarianceReport, evaluate_invariance
 from torchinvariance.metrics.saliency import SaliencyConfig, realign_saliency, saliency_invariance, saliency_map
 
@@ -23,6 +23,7 @@ __all__ = [
     "SaliencyInvariance",
     "distribution_invariance",
     "evaluate_invariance",
+    "interpolation_floor",
     "logit_invariance",
     "realign_saliency",
     "saliency_invariance",

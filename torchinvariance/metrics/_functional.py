@@ -15,16 +15,23 @@ Saliency (SI) lives in :mod:`torchinvariance.metrics.saliency`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from torchinvariance.divergences import Reduction, check_logits, check_reduction, orbit_divergence, reduce
-from torchinvariance.groups import Group
-from torchinvariance.orbit import measuring, orbit_forward
+from torchinvariance.groups import Group, ensure_group
+from torchinvariance.orbit import measuring, model_output, orbit_forward
 
-__all__ = ["di_terms", "distribution_invariance", "li_terms", "logit_invariance", "orbit_outputs"]
+__all__ = [
+    "di_terms",
+    "distribution_invariance",
+    "interpolation_floor",
+    "li_terms",
+    "logit_invariance",
+    "orbit_outputs",
+]
 
 
 def _check_pair(fx: Tensor, fgx: Tensor) -> None:
@@ -61,15 +68,16 @@ def li_terms(fx: Tensor, fgx: Tensor) -> Tensor:
     return orbit_divergence("l2", fx, fgx)
 
 
-def check_finite(out: Tensor, group: Group, what: str = "model output") -> None:
-    r"""``out`` is ``(group.order, B, ...)``; name the group elements with NaN or +Inf values.
+def check_finite(out: Tensor, group: Group, what: str = "model output", elements: Sequence | None = None) -> None:
+    r"""``out`` is ``(n, B, ...)`` over ``elements`` (default all); name the elements with NaN or +Inf values.
 
     ``-inf`` is allowed: it is how classifiers mask classes (DI treats :math:`0 \log 0` as 0).
     """
     flat = out.reshape(out.shape[0], -1)
     finite = ~(torch.isnan(flat) | (flat == float("inf"))).any(1)
     if not bool(finite.all()):
-        bad = [group.element_name(g) for g, ok in zip(group.elements(), finite.tolist()) if not ok]
+        els = list(group.elements()) if elements is None else list(elements)
+        bad = [group.element_name(g) for g, ok in zip(els, finite.tolist()) if not ok]
         raise ValueError(f"{what} contains NaN or +Inf on the orbit elements {bad} of {group!r}")
 
 
@@ -80,17 +88,42 @@ def orbit_outputs(
     *,
     eval_mode: bool = True,
     chunk_size: int | None = None,
+    elements: Sequence | None = None,
 ) -> Tensor:
-    """Model outputs on the whole orbit ``(group.order, B, ...)`` as a measurement, checked to be finite.
+    """Model outputs on the orbit ``(n, B, ...)`` as a measurement, checked to be finite.
 
-    The model runs in eval mode unless ``eval_mode=False`` and no buffer changes
-    (:func:`~torchinvariance.orbit.measuring`); ``chunk_size`` bounds the number
-    of group elements per forward.
+    The rows follow ``elements`` (default every element, identity first). The model runs in eval mode unless
+    ``eval_mode=False`` and no buffer changes (:func:`~torchinvariance.orbit.measuring`); ``chunk_size`` bounds the
+    number of group elements per forward.
     """
     with measuring(model, eval_mode):
-        out = orbit_forward(model, group, x, chunk_size=chunk_size)
-    check_finite(out, group)
+        out = orbit_forward(model, group, x, elements, chunk_size=chunk_size)
+    check_finite(out, group, elements=elements)
     return out
+
+
+def _pair(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    elements: Sequence | None,
+    eval_mode: bool,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    """``f(x)`` and the outputs on the requested elements (all of a finite group by default) in one forward."""
+    ensure_group(group)
+    if elements is None:
+        if not group.is_finite:
+            raise ValueError(
+                f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles) to measure it"
+            )
+        out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size)
+        return out[0], out
+    if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence) or len(elements) == 0:
+        raise ValueError(f"elements must be a non-empty sequence of group elements or None; got {elements!r}")
+    els = [group.identity, *elements]
+    out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size, elements=els)
+    return out[0], out[1:]
 
 
 # ---------------------------------------------------------------------------- DI and LI
@@ -102,6 +135,7 @@ def distribution_invariance(
     *,
     eval_mode: bool = True,
     chunk_size: int | None = None,
+    elements: Sequence | None = None,
 ) -> Tensor:
     r"""Predictive distribution invariance error DI (paper eq. 1).
 
@@ -128,6 +162,9 @@ def distribution_invariance(
             modes and every buffer (BatchNorm running statistics) are restored.
         chunk_size: at most this many group elements per forward, so peak
             memory is bounded by one chunk; ``None`` runs the whole orbit at once.
+        elements: the elements to measure (rows of ``reduction="none"``, in
+            this order); default every element of a finite group. Required for
+            continuous groups (e.g. ``so2.sample(8)`` or a list of angles).
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``.
@@ -148,8 +185,8 @@ def distribution_invariance(
         True
     """
     check_reduction(reduction)
-    out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size)
-    return reduce(di_terms(out[0], out), reduction)
+    fx, fgx = _pair(model, group, x, elements, eval_mode, chunk_size)
+    return reduce(di_terms(fx, fgx), reduction)
 
 
 def logit_invariance(
@@ -160,6 +197,7 @@ def logit_invariance(
     *,
     eval_mode: bool = True,
     chunk_size: int | None = None,
+    elements: Sequence | None = None,
 ) -> Tensor:
     r"""Logit invariance error LI (paper eq. 2).
 
@@ -183,6 +221,9 @@ def logit_invariance(
             modes and every buffer (BatchNorm running statistics) are restored.
         chunk_size: at most this many group elements per forward, so peak
             memory is bounded by one chunk; ``None`` runs the whole orbit at once.
+        elements: the elements to measure (rows of ``reduction="none"``, in
+            this order); default every element of a finite group. Required for
+            continuous groups (e.g. ``so2.sample(8)`` or a list of angles).
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``.
@@ -200,5 +241,72 @@ def logit_invariance(
         [[0.0, 0.0], [0.0, 0.0]]
     """
     check_reduction(reduction)
-    out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size)
-    return reduce(li_terms(out[0], out), reduction)
+    fx, fgx = _pair(model, group, x, elements, eval_mode, chunk_size)
+    return reduce(li_terms(fx, fgx), reduction)
+
+
+def interpolation_floor(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    elements: Sequence | None = None,
+    metric: str = "li",
+    reduction: Reduction = "mean",
+    *,
+    eval_mode: bool = True,
+) -> Tensor:
+    r"""The part of DI or LI that resampling alone explains: the metric of the round trip :math:`g^{-1} (g x)`.
+
+    .. math::
+        \text{floor}_g(x_b) = d\big(f(x_b),\; f(g^{-1} \cdot (g \cdot x_b))\big)
+
+    with :math:`d` the term of DI (``metric="di"``) or LI (``"li"``). For an exact group the round trip is the
+    identity and the floor is exactly 0 (returned without running the model); for an interpolating one (``so2``,
+    ``scale``) it is what even a perfectly invariant model would score, so report it next to the metric: a DI or LI
+    near its floor is as invariant as the resampling lets anyone measure.
+
+    Args:
+        model: the model, as for :func:`distribution_invariance`.
+        group: the group.
+        x: batch ``(B, ...)``.
+        elements: as for :func:`logit_invariance`.
+        metric: ``"li"`` or ``"di"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(n, B)``).
+        eval_mode: as for :func:`logit_invariance`.
+
+    Returns:
+        Scalar for ``"mean"``/``"sum"``, ``(n, B)`` for ``"none"`` (detached: a reference value).
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> so2 = ti.get_group("so2")
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> x = so2.mask_input(torch.randn(4, 1, 8, 8))
+        >>> floor = ti.interpolation_floor(model, so2, x, elements=[30.0, 45.0], reduction="none")
+        >>> floor.shape, bool((floor >= 0).all())
+        (torch.Size([2, 4]), True)
+        >>> float(ti.interpolation_floor(model, ti.get_group("rotation", order=4), torch.randn(2, 1, 8, 8)))
+        0.0
+    """
+    check_reduction(reduction)
+    ensure_group(group)
+    if metric not in ("li", "di"):
+        raise ValueError(f"metric must be 'li' or 'di', got {metric!r}")
+    if elements is None:
+        if not group.is_finite:
+            raise ValueError(f"{group!r} is continuous: pass elements= to measure its interpolation floor")
+        elements = list(group.elements())
+    els = [group.check_element(g) for g in elements]
+    if group.exact:  # the round trip is the identity, bit for bit: nothing to measure
+        return reduce(
+            x.new_zeros((len(els), x.shape[0]), dtype=torch.float32 if not x.is_floating_point() else x.dtype),
+            reduction,
+        )
+    trips = torch.stack([group.act(group.inverse(g), group.act(g, x)) for g in els])  # (n, B, ...)
+    rows = len(els) * x.shape[0]
+    with torch.no_grad(), measuring(model, eval_mode):
+        fx = orbit_forward(model, group, x, [group.identity])[0]
+        back = model_output(model(trips.flatten(0, 1)), rows)
+    back = back.reshape(len(els), x.shape[0], *back.shape[1:])
+    terms = di_terms(fx, back) if metric == "di" else li_terms(fx, back)
+    return reduce(terms, reduction)

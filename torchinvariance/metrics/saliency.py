@@ -200,8 +200,8 @@ def _gaussian_kernel(kernel_size: int, sigma: float, dtype: torch.dtype, device:
     return (k2 / k2.sum()).to(dtype=dtype, device=device)
 
 
-def _postprocess(maps: Tensor, cfg: SaliencyConfig) -> Tensor:
-    """``|IG|`` maps ``(N, ..., H, W)`` -> channel sum, threshold at ``threshold * max``, Gaussian blur."""
+def _threshold(maps: Tensor, cfg: SaliencyConfig) -> Tensor:
+    """``|IG|`` maps ``(N, ..., H, W)`` -> channel sum, then zero what lies below the threshold (per map)."""
     m = maps.abs()
     if m.dim() > 3:
         m = m.sum(dim=tuple(range(1, m.dim() - 2)))
@@ -209,20 +209,31 @@ def _postprocess(maps: Tensor, cfg: SaliencyConfig) -> Tensor:
         cut = torch.quantile(m.flatten(-2).float(), cfg.threshold, dim=-1).to(m.dtype)[..., None, None]
     else:
         cut = cfg.threshold * m.amax(dim=(-2, -1), keepdim=True)
-    m = torch.where(m >= cut, m, torch.zeros_like(m))
+    return torch.where(m >= cut, m, torch.zeros_like(m))
+
+
+def _blur(m: Tensor, cfg: SaliencyConfig) -> Tensor:
+    """The Gaussian filter of the recipe on maps ``(..., H, W)`` (the size is kept)."""
     if cfg.kernel_size == 1:
         return m
+    shape = m.shape
     pad = cfg.kernel_size // 2
     kernel = _gaussian_kernel(cfg.kernel_size, cfg.sigma, m.dtype, m.device)[None, None]
-    m4 = m.unsqueeze(1)
+    m4 = m.reshape(-1, 1, *shape[-2:])
     if cfg.padding == "zeros":
         out = F.conv2d(m4, kernel, padding=pad)
     else:
         out = F.conv2d(F.pad(m4, (pad, pad, pad, pad), mode=cfg.padding), kernel)
-    return out.squeeze(1)
+    return out.reshape(shape)
 
 
-def _maps(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor, cfg: SaliencyConfig) -> Tensor:
+def _postprocess(maps: Tensor, cfg: SaliencyConfig) -> Tensor:
+    """``|IG|`` maps ``(N, ..., H, W)`` -> channel sum, threshold, Gaussian blur."""
+    return _blur(_threshold(maps, cfg), cfg)
+
+
+def _raw_maps(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor, cfg: SaliencyConfig) -> Tensor:
+    """Integrated gradients, channel sum and threshold: the recipe up to, not including, the blur."""
     if cfg.baseline != 0.0:  # IG from a constant image b: IG(x) = (x - b) * mean grad f(b + a (x - b))
 
         def shifted(z: Tensor) -> Tensor:
@@ -235,11 +246,14 @@ def _maps(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor, cfg: Sal
         attr = integrated_gradients(model, x, target, cfg.n_steps, cfg.internal_batch_size, cfg.backend)
     if not bool(torch.isfinite(attr).all()):
         raise ValueError("integrated gradients contain NaN or Inf (non-finite model outputs or gradients)")
-    return _postprocess(attr, cfg)
+    return _threshold(attr, cfg)
 
 
 def realign_saliency(group: Group, maps: Tensor, elements: Sequence[int] | None = None) -> Tensor:
     r"""Bring the maps of transformed inputs back to the frame of ``x``: row ``i`` becomes :math:`g_i^{-1} m_i`.
+
+    The maps move with :meth:`~torchinvariance.Group.transform_map`: like the input for a group that moves pixels,
+    not at all for a group that acts on values only (``spatial = False``).
 
     Args:
         group: a group acting on images.
@@ -260,7 +274,7 @@ def realign_saliency(group: Group, maps: Tensor, elements: Sequence[int] | None 
     els = list(group.elements()) if elements is None else [group.check_element(g) for g in elements]
     if maps.shape[0] != len(els):
         raise ValueError(f"maps hold {maps.shape[0]} rows but {len(els)} elements were given")
-    return torch.stack([group.act(group.inverse(g), maps[i]) for i, g in enumerate(els)])
+    return torch.stack([group.transform_map(group.inverse(g), maps[i]) for i, g in enumerate(els)])
 
 
 def _similarity(ref: Tensor, aligned: Tensor) -> Tensor:
@@ -370,7 +384,7 @@ def saliency_map(
     check_model(model)
     _check_image_batch(x, cfg)
     with measuring(model, eval_mode):
-        return _maps(model, x, _resolve_target(model, x, target), cfg)
+        return _blur(_raw_maps(model, x, _resolve_target(model, x, target), cfg), cfg)
 
 
 def saliency_terms(
@@ -381,8 +395,15 @@ def saliency_terms(
     cfg: SaliencyConfig,
     *,
     eval_mode: bool = True,
+    elements: Sequence | None = None,
 ) -> Tensor:
-    """The ``(group.order, B)`` similarities of SI, validated; shared by the function and the class."""
+    """The ``(n, B)`` similarities of SI, validated; shared by the function and the class.
+
+    Rows follow ``elements`` (default every element of a finite group, identity first). The thresholded maps of
+    :math:`g x` are realigned by :math:`g^{-1}` BEFORE the blur, and the blur is applied to the reference and the
+    realigned maps alike, so the comparison is well defined for any group, also one whose action does not commute
+    with the Gaussian filter. Groups with ``mask_input`` (``so2``) mask the corners of both maps.
+    """
     check_model(model)
     ensure_group(group)
     if group.event_ndim != 2:
@@ -392,12 +413,27 @@ def saliency_terms(
         )
     _check_image_batch(x, cfg)
     check_batch(group, x)
-    n, b = group.order, x.shape[0]
+    if elements is None:
+        if not group.is_finite:
+            raise ValueError(f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles)")
+        els = list(group.elements())
+    else:
+        if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence) or len(elements) == 0:
+            raise ValueError(f"elements must be a non-empty sequence of group elements or None; got {elements!r}")
+        els = [group.check_element(g) for g in elements]
+    first_is_identity = group.same_element(els[0], group.identity)
+    rows = els if first_is_identity else [group.identity, *els]  # the reference map first, computed once
+    n, b = len(rows), x.shape[0]
     with measuring(model, eval_mode):
         t = _resolve_target(model, x, target)
-        orbit = group.orbit(x).reshape(n * b, *x.shape[1:])
-        maps = _maps(model, orbit, t.repeat(n), cfg).reshape(n, b, *x.shape[-2:])
-    return _similarity(maps[0], realign_saliency(group, maps))
+        orbit = group.orbit(x, rows).reshape(n * b, *x.shape[1:])
+        maps = _raw_maps(model, orbit, t.repeat(n), cfg).reshape(n, b, *x.shape[-2:])
+    ref = _blur(maps[0], cfg)
+    aligned = _blur(realign_saliency(group, maps if first_is_identity else maps[1:], els), cfg)
+    mask = getattr(group, "mask_input", None)
+    if mask is not None and not group.exact:
+        ref, aligned = mask(ref), mask(aligned)
+    return _similarity(ref, aligned)
 
 
 def saliency_invariance(
@@ -416,6 +452,7 @@ def saliency_invariance(
     backend: Backend = "torch",
     eval_mode: bool = True,
     config: SaliencyConfig | None = None,
+    elements: Sequence | None = None,
 ) -> Tensor:
     r"""Saliency invariance similarity SI (paper eq. 3); 1 means genuinely invariant decisions.
 
@@ -454,6 +491,9 @@ def saliency_invariance(
         backend: ``"torch"`` (default) or ``"captum"``, see :func:`saliency_map`.
         eval_mode: see :func:`saliency_map`.
         config: see :func:`saliency_map`.
+        elements: the elements to compare (rows of ``reduction="none"``);
+            default every element of a finite group; required for continuous
+            groups (``so2``), whose maps are compared inside the inscribed disk.
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``
@@ -477,4 +517,4 @@ def saliency_invariance(
     """
     check_reduction(reduction)
     cfg = config or SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
-    return reduce(saliency_terms(model, group, x, target, cfg, eval_mode=eval_mode), reduction)
+    return reduce(saliency_terms(model, group, x, target, cfg, eval_mode=eval_mode, elements=elements), reduction)
