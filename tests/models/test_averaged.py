@@ -65,3 +65,16 @@ def test_bad_arguments():
         ti.GroupAveraged(3, rot)
     with pytest.raises(ValueError, match="one output per sample"):
         ti.GroupAveraged(lambda x: x.sum(), rot)(torch.randn(2, 1, 4, 4))
+
+
+def test_averaging_over_angles_of_so2():
+    so2 = ti.get_group("so2")
+    inner = ti.MLP(in_shape=(1, 12, 12), num_classes=3, hidden=8).double()
+    angles = [90.0 * k for k in range(4)]  # 90-degree turns are exact on the square grid, up to rounding
+    model = ti.GroupAveraged(inner, so2, elements=angles)
+    x = so2.mask_input(torch.randn(2, 1, 12, 12, dtype=torch.float64))
+    ti.assert_invariant(model, so2, x, elements=angles, atol=1e-6, rtol=0)
+    with pytest.raises(AssertionError):
+        ti.assert_invariant(inner, so2, x, elements=angles, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="continuous: pass the elements"):
+        ti.GroupAveraged(inner, so2)

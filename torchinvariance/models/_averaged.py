@@ -2,6 +2,8 @@ r"""Symmetrization: make any model invariant by averaging its outputs over the o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
@@ -23,7 +25,11 @@ class GroupAveraged(nn.Module):
 
     Args:
         model: any module mapping ``(N, ...)`` to outputs ``(N, ...)``.
-        group: the finite :class:`~torchinvariance.groups.Group` to average over.
+        group: the :class:`~torchinvariance.groups.Group` to average over.
+        elements: average over these elements instead of the whole group
+            (required for a continuous group, e.g. 24 angles of ``so2``: the
+            average is then invariant to the finite subgroup they form, up to
+            interpolation).
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -34,16 +40,19 @@ class GroupAveraged(nn.Module):
         True
     """
 
-    def __init__(self, model: nn.Module, group: Group) -> None:
+    def __init__(self, model: nn.Module, group: Group, elements: Sequence | None = None) -> None:
         super().__init__()
         ensure_group(group)
         check_model(model)
+        if elements is None and not group.is_finite:
+            raise ValueError(f"{group!r} is continuous: pass the elements to average over (e.g. 24 angles)")
         self.model = model
         self.group = group
+        self.elements = None if elements is None else [group.check_element(g) for g in elements]
 
     def forward(self, x: Tensor) -> Tensor:
         """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``."""
-        return orbit_forward(self.model, self.group, x).mean(0)
+        return orbit_forward(self.model, self.group, x, self.elements).mean(0)
 
     def extra_repr(self) -> str:
         return f"group={self.group!r}"
