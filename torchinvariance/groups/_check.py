@@ -48,6 +48,13 @@ def _default_input(group: Group) -> Tensor | None:
     if shape is None:
         return None
     x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    if group.event_ndim == 1 and not group.exact:  # a few low frequencies: band-limited signals
+        t = torch.arange(shape[-1], dtype=torch.float64) / shape[-1]
+        coef = torch.randn(*shape[:-1], 3, 2, generator=gen, dtype=torch.float64)
+        k = torch.arange(1, 4, dtype=torch.float64)[:, None]
+        x = (coef[..., 0:1] * torch.cos(2 * torch.pi * k * t) + coef[..., 1:2] * torch.sin(2 * torch.pi * k * t)).sum(
+            -2
+        )
     if group.event_ndim == 2 and not group.exact:
         # interpolation is only meaningful on band-limited content away from the border
         coarse = torch.randn(2, 1, 4, 4, generator=gen, dtype=torch.float64)
@@ -86,9 +93,9 @@ def check_group(group: Group, x: Tensor | None = None, *, samples: int = 8) -> d
     Args:
         group: the group.
         x: an input batch the group acts on; ``None`` uses a small seeded image when the group accepts one
-            (``(2, 1, 24, 24)`` white noise for exact groups, a smooth centred image for interpolating ones,
-            ``(2, 3, 12)`` for 1-D groups; masked for groups with ``mask_input``), and checks only the algebra
-            otherwise.
+            (``(2, 1, 24, 24)`` white noise for exact groups, a smooth centred image for interpolating ones;
+            ``(2, 3, 12)`` for 1-D groups, white noise or three low frequencies; masked for groups with
+            ``mask_input``), and checks only the algebra otherwise.
         samples: elements drawn for continuous groups.
 
     Returns:
