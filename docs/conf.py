@@ -104,7 +104,10 @@ intersphinx_disabled_reftypes = ["std:doc", "std:label"]  # our own page referen
 
 # References to other projects: resolved by intersphinx when it is on; otherwise (offline) left as plain text
 # instead of failing the nitpicky build. References into torchinvariance are never ignored.
-_EXTERNAL = r"(torch|numpy|np|captum|pluggy|tqdm|typing|collections|abc|enum|importlib|pathlib|os|threading)"
+_EXTERNAL = (
+    r"(torch|numpy|np|captum|pluggy|tqdm|typing|collections|abc|enum|importlib|pathlib|os|threading"
+    r"|torchmetrics|lightning|matplotlib|pandas|argparse)"
+)
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL + r"(\..*)?"),
     (r"py:.*", r"(Tensor|Module|Generator|dtype|device|Callable|Sequence|Iterable|Mapping|Literal|Any)"),
@@ -142,7 +145,7 @@ def _evaluate_annotations(app, obj, bound_method):
                 pass
 
 
-_SUBMODULES = ("groups", "losses", "metrics", "models", "registry", "spectral", "testing")
+_SUBMODULES = ("groups", "losses", "metrics", "models", "registry", "spectral", "testing", "plot")
 
 
 def _resolve(env, app, node, contnode, target):

@@ -4,7 +4,7 @@ The public API is flat: ``import torchinvariance as ti`` and use ``ti.get_group`
 ``ti.InvarianceLoss``, ... See the documentation for the full reference.
 """
 
-from torchinvariance import actions, divergences, groups, metrics, models, orbit, registry, spectral, testing
+from torchinvariance import actions, divergences, groups, metrics, models, orbit, plot, registry, spectral, testing
 from torchinvariance.actions import OutputAction
 from torchinvariance.divergences import kl_divergence, l2_divergence, normalized_l2_divergence
 from torchinvariance.groups import (
@@ -95,6 +95,7 @@ __all__ = [
     "normalized_l2_divergence",
     "orbit",
     "orbit_forward",
+    "plot",
     "register_group",
     "registry",
     "saliency_invariance",

@@ -1,14 +1,17 @@
-"""Accumulating metric classes: equal to the functional form on concatenated data; DDP reduction."""
+"""The accumulating metrics are torchmetrics Metrics: equal to the functional forms on concatenated data, in a
+MetricCollection, through .to()/state_dict(), and synced over 2 gloo processes by torchmetrics."""
 
 import os
 import socket
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import mlp
+from helpers import OrbitAveraged, mlp
+from torchmetrics import Metric, MetricCollection
 
 import torchinvariance as ti
 
@@ -21,34 +24,49 @@ def _data(sizes=(3, 5, 2), seed=0):
     return [torch.randn(b, 1, 6, 6, generator=g, dtype=F64) for b in sizes]
 
 
-def _metrics(model, group):
+def _metrics(model, group, **kwargs):
     return [
-        (ti.DistributionInvariance(model, group), ti.distribution_invariance, {}),
-        (ti.LogitInvariance(model, group), ti.logit_invariance, {}),
-        (ti.SaliencyInvariance(model, group, **SI_OPTIONS), ti.saliency_invariance, SI_OPTIONS),
+        (ti.DistributionInvariance(model, group, **kwargs), ti.distribution_invariance, {}),
+        (ti.LogitInvariance(model, group, **kwargs), ti.logit_invariance, {}),
+        (ti.SaliencyInvariance(model, group, **SI_OPTIONS, **kwargs), ti.saliency_invariance, SI_OPTIONS),
     ]
 
 
-def test_accumulated_equals_functional_on_concatenated_data():
+def _reference(fn, model, group, x, options, include_identity):
+    """Terms of the functional form (numpy), and the mean/std over samples of the averaged rows, in numpy."""
+    with torch.no_grad():
+        terms = fn(model, group, x, reduction="none", **options).numpy()
+    rows = terms if include_identity else terms[1:]
+    return terms, rows.mean(), rows.mean(0).std()
+
+
+@pytest.mark.parametrize("include_identity", [False, True])
+def test_accumulated_equals_functional_on_concatenated_data(include_identity):
     group = ti.get_group("rotation", order=4)
     model = mlp(36, classes=4, dtype=F64, seed=1)
     batches = _data()
     full = torch.cat(batches)
-    for metric, fn, options in _metrics(model, group):
+    for metric, fn, options in _metrics(model, group, include_identity=include_identity):
+        assert isinstance(metric, Metric)
+        metric.set_dtype(F64)  # float64 results (the states are float64 anyway)
         for i, x in enumerate(batches):
             metric.update(x, y=torch.zeros(len(x), dtype=torch.long) if i else None)  # y is ignored
-        with torch.no_grad():
-            terms = fn(model, group, full, reduction="none", **options).numpy()
-        assert metric.n_samples == 10
+        terms, mean, std = _reference(fn, model, group, full, options, include_identity)
+        assert metric.n_samples == 10 and metric.compute_count() == 10
         assert metric.compute().dtype == F64
-        np.testing.assert_allclose(metric.compute().item(), terms.mean(), rtol=1e-12)
+        np.testing.assert_allclose(metric.compute().item(), mean, rtol=1e-12)
+        with torch.no_grad():
+            functional = fn(model, group, full, include_identity=include_identity, **options).item()
+        np.testing.assert_allclose(metric.compute().item(), functional, rtol=1e-12)
+        # per element: every element, identity included, whatever include_identity says
         np.testing.assert_allclose(metric.compute_per_element().numpy(), terms.mean(1), rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(metric.compute_std().item(), terms.mean(0).std(), rtol=1e-9)
-        # compute() does not change the states
-        np.testing.assert_allclose(metric.compute().item(), terms.mean(), rtol=1e-12)
+        np.testing.assert_allclose(metric.compute_std().item(), std, rtol=1e-9)
+        np.testing.assert_allclose(metric.compute().item(), mean, rtol=1e-12)  # compute() keeps the states
+    # the two conventions differ exactly by the identity's term (0 for DI/LI)
+    assert metric.element_names == ["rot0", "rot90", "rot180", "rot270"]
 
 
-def test_float32_inputs_accumulate_in_float64():
+def test_results_are_float32_by_default_sums_float64():
     group = ti.get_group("flip")
     model = mlp(36, classes=4, seed=2)
     batches = [x.float() for x in _data(sizes=(4, 4, 4, 4))]
@@ -59,11 +77,14 @@ def test_float32_inputs_accumulate_in_float64():
         ref = np.concatenate(
             [ti.logit_invariance(model, group, x, reduction="none").double().numpy() for x in batches], 1
         )
-    assert metric.compute().dtype == F64
-    np.testing.assert_allclose(metric.compute().item(), ref.mean(), rtol=1e-12)
+    assert metric.compute().dtype == torch.float32 and metric.compute_per_element().dtype == torch.float32
+    assert all(v.dtype == F64 for v in metric.metric_state.values())
+    np.testing.assert_allclose(metric.compute().item(), ref[1:].mean(), rtol=1e-6)
+    assert metric.set_dtype(F64).compute().dtype == F64  # the same sums, float64 results
+    np.testing.assert_allclose(metric.compute().item(), ref[1:].mean(), rtol=1e-12)
 
 
-def test_reset():
+def test_reset_and_compute_before_update():
     group = ti.get_group("translation", order=3)
     model = mlp(36, dtype=F64)
     a, b = _data(sizes=(4, 3))
@@ -71,15 +92,123 @@ def test_reset():
         metric.update(a)
         metric.reset()
         assert metric.n_samples == 0
-        with pytest.raises(RuntimeError, match="before any update"):
+        with pytest.raises(RuntimeError, match="before any update"), pytest.warns(UserWarning, match="before"):
             metric.compute()
         metric.update(b)
         with torch.no_grad():
             ref = fn(model, group, b, **options)
-        np.testing.assert_allclose(metric.compute().item(), ref.item(), rtol=1e-12)
+        np.testing.assert_allclose(metric.set_dtype(F64).compute().item(), ref.item(), rtol=1e-12)
 
 
-def test_update_validates_like_the_functional_form():
+def test_update_from_outputs_equals_update_and_validates():
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36, classes=4, dtype=F64, seed=3)
+    x = _data(sizes=(6,))[0]
+    for cls in (ti.DistributionInvariance, ti.LogitInvariance):
+        bound, outputs = cls(model, group).set_dtype(F64), cls(model, group).set_dtype(F64)
+        bound.update(x)
+        bound.compute()  # cached ...
+        bound.update(x)  # ... and invalidated by the next update
+        with torch.no_grad():
+            out = ti.orbit_forward(model, group, x)
+        outputs.update_from_outputs(out[0], out)
+        assert outputs.compute().item() > 0  # cached ...
+        outputs.update_from_outputs(out[0], out)  # ... and invalidated by update_from_outputs too
+        torch.testing.assert_close(outputs.compute(), bound.compute(), rtol=1e-12, atol=0)
+        assert outputs.update_count == 2
+        with pytest.raises(ValueError, match="one row per measured element"):
+            outputs.update_from_outputs(out[0], out[:2])
+    with pytest.raises(TypeError, match="gradients"):
+        ti.SaliencyInvariance(model, group).update_from_outputs(out[0], out)
+
+
+def test_forward_returns_the_batch_value_and_accumulates():
+    group = ti.get_group("rotation", order=2)
+    model = mlp(36, classes=4, dtype=F64, seed=4)
+    a, b = _data(sizes=(3, 5), seed=2)
+    metric = ti.LogitInvariance(model, group).set_dtype(F64)
+    with torch.no_grad():
+        batch_value = ti.logit_invariance(model, group, a)
+        full = ti.logit_invariance(model, group, torch.cat([a, b]))
+    torch.testing.assert_close(metric(a), batch_value, rtol=1e-12, atol=0)
+    metric(b)
+    torch.testing.assert_close(metric.compute(), full, rtol=1e-12, atol=0)
+
+
+def test_metric_collection_keeps_metrics_apart_even_when_their_states_agree():
+    # an exactly invariant model: DI and LI are both 0 after the first batch; torchmetrics' compute groups would
+    # merge two metrics with equal states of the same names (our states are named per metric)
+    group = ti.get_group("rotation", order=4)
+    invariant = OrbitAveraged(mlp(36, classes=4, dtype=F64, seed=5), group)
+    plain = mlp(36, classes=4, dtype=F64, seed=6)
+    batches = _data(sizes=(3, 4), seed=1)
+    collection = MetricCollection(
+        {
+            "di": ti.DistributionInvariance(invariant, group),
+            "li": ti.LogitInvariance(invariant, group),
+            "si": ti.SaliencyInvariance(invariant, group, **SI_OPTIONS),
+            "li_plain": ti.LogitInvariance(plain, group),
+        },
+        compute_groups=True,
+    )
+    for x in batches:
+        collection.update(x)
+    values = collection.compute()
+    assert set(values) == {"di", "li", "si", "li_plain"}
+    assert values["di"].item() <= 1e-6 and values["li"].item() <= 1e-6
+    assert values["si"].item() >= 1 - 1e-5
+    with torch.no_grad():
+        ref = ti.logit_invariance(plain, group, torch.cat(batches)).item()
+    np.testing.assert_allclose(values["li_plain"].item(), ref, rtol=1e-6)
+    assert all(m.n_samples == 7 for m in collection.values())  # every metric saw every batch
+
+
+def test_to_and_state_dict_hold_the_states_not_the_model():
+    group = ti.get_group("rotation", order=4)
+    model = mlp(36, classes=4, seed=7)  # float32
+    x = _data(sizes=(5,))[0].float()
+    metric = ti.LogitInvariance(model, group)
+    metric.update(x)
+    # .to(dtype) / .to(device): the sums stay float64, the model is not touched
+    assert metric.to(torch.float64) is metric and metric.to("cpu") is metric
+    assert metric.li_element_sum.dtype == F64 and metric.compute().dtype == F64
+    metric.to(torch.float16)
+    assert metric.li_element_sum.dtype == F64 and metric.compute().dtype == torch.float16
+    metric.set_dtype(torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    state = metric.state_dict()
+    assert set(state) == {"li_element_sum", "li_sample_sumsq", "li_count"}  # no model weights
+    assert state["li_count"].item() == 5 and state["li_element_sum"].shape == (4,)
+    restored = ti.LogitInvariance(model, group)
+    restored.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "compute before update" warning: the restored states hold samples
+        torch.testing.assert_close(restored.compute(), metric.compute())
+    # inside a parent module the model's weights appear once, under the model, not under the metric
+    parent = torch.nn.Module()
+    parent.model, parent.metric = model, metric
+    keys = set(parent.state_dict())
+    assert {"metric.li_count", "model.1.weight"} <= keys and not any(k.startswith("metric.model") for k in keys)
+    assert "model" not in dict(metric.named_children())
+
+
+def test_continuous_group_with_explicit_elements():
+    so2 = ti.get_group("so2")
+    model = mlp(64, classes=4, dtype=F64, seed=8)
+    x = so2.mask_input(torch.randn(4, 1, 8, 8, dtype=F64))
+    angles = [0.0, 30.0, 90.0]
+    metric = ti.LogitInvariance(model, so2, elements=angles).set_dtype(F64)
+    metric.update(x)
+    with torch.no_grad():
+        terms = ti.logit_invariance(model, so2, x, elements=angles, reduction="none")
+    assert metric.element_names == [so2.element_name(a) for a in angles]
+    np.testing.assert_allclose(metric.compute_per_element().numpy(), terms.mean(1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(metric.compute().item(), terms[1:].mean().item(), rtol=1e-12)  # 0 deg = identity
+    with pytest.raises(ValueError, match="continuous"):
+        ti.LogitInvariance(model, so2)
+
+
+def test_validation():
     metric = ti.LogitInvariance(mlp(36, dtype=F64), ti.get_group("rotation", order=4))
     with pytest.raises(ValueError, match="square"):
         metric.update(torch.randn(2, 1, 6, 4, dtype=F64))
@@ -87,10 +216,18 @@ def test_update_validates_like_the_functional_form():
         ti.DistributionInvariance(mlp(36), "rotation")
     with pytest.raises(ValueError, match="threshold"):
         ti.SaliencyInvariance(mlp(36), ti.get_group("flip"), threshold=2.0)
+    with pytest.raises(TypeError, match="include_identity"):
+        ti.LogitInvariance(mlp(36), ti.get_group("flip"), include_identity="yes")
+    with pytest.raises(ValueError, match="only the identity"):
+        ti.LogitInvariance(mlp(36), ti.get_group("flip"), elements=[0])
+    with pytest.raises(ValueError, match="Unexpected keyword"):
+        ti.LogitInvariance(mlp(36), ti.get_group("flip"), sync_dist=False)  # torchmetrics' sync_on_compute instead
+    with pytest.raises(ValueError, match=r"shaped \(4, batch\)"):
+        metric.update_terms(torch.zeros(3, 2))
     assert "n_samples=0" in repr(metric)
 
 
-# ----------------------------------------------------------------------------- DDP
+# ----------------------------------------------------------------------------- DDP through torchmetrics
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,10 +238,12 @@ def _worker(rank, world, port, batches, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
+        torch.set_num_threads(1)
         model = mlp(36, classes=4, dtype=F64, seed=1)
         group = ti.get_group("rotation", order=4)
         res = {}
-        for metric, _, _ in _metrics(model, group):
+        for metric, _, options in _metrics(model, group):
+            metric.set_dtype(F64)
             for x in batches[rank::world]:
                 metric.update(x)
             res[type(metric).__name__] = (
@@ -112,11 +251,11 @@ def _worker(rank, world, port, batches, out):
                 metric.compute().item(),
                 metric.compute_per_element().tolist(),
                 metric.compute_std().item(),
+                metric.compute_count(),
                 metric.compute().item(),  # twice: no double counting
+                metric.n_samples,  # the local states are back after the sync
             )
-            local = type(metric)(
-                model, group, sync_dist=False, **({} if "Saliency" not in type(metric).__name__ else SI_OPTIONS)
-            )
+            local = type(metric)(model, group, sync_on_compute=False, **options).set_dtype(F64)
             for x in batches[rank::world]:
                 local.update(x)
             res[type(metric).__name__ + "-local"] = local.compute().item()
@@ -126,7 +265,7 @@ def _worker(rank, world, port, batches, out):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo_reduce_states():
+def test_ddp_two_processes_gloo_synced_by_torchmetrics():
     batches = _data(sizes=(3, 5, 2, 4), seed=3)
     manager = mp.Manager()
     out = manager.dict()
@@ -137,14 +276,15 @@ def test_ddp_two_processes_gloo_reduce_states():
     rank0 = torch.cat(batches[0::2])
     for metric, fn, options in _metrics(model, group):
         name = type(metric).__name__
+        terms, mean, std = _reference(fn, model, group, full, options, include_identity=False)
         with torch.no_grad():
-            terms = fn(model, group, full, reduction="none", **options).numpy()
             local = fn(model, group, rank0, **options).item()
         for rank in (0, 1):
-            n, mean, per_element, std, mean_again = out[rank][name]
-            assert n == (5 if rank == 0 else 9)  # n_samples is this process's count
-            np.testing.assert_allclose(mean, terms.mean(), rtol=1e-12)
-            np.testing.assert_allclose(mean_again, mean, rtol=0)
+            n, value, per_element, sd, count, again, n_after = out[rank][name]
+            assert n == n_after == (5 if rank == 0 else 9)  # n_samples is this process's count
+            assert count == 14
+            np.testing.assert_allclose(value, mean, rtol=1e-12)
+            np.testing.assert_allclose(again, value, rtol=0)
             np.testing.assert_allclose(per_element, terms.mean(1), rtol=1e-12, atol=1e-15)
-            np.testing.assert_allclose(std, terms.mean(0).std(), rtol=1e-9)
+            np.testing.assert_allclose(sd, std, rtol=1e-9)
         np.testing.assert_allclose(out[0][name + "-local"], local, rtol=1e-12)

@@ -42,8 +42,11 @@ def test_distribution_invariance_matches_scipy_entropy(spec):
         got = ti.distribution_invariance(model, group, x, reduction="none")
     assert got.shape == (group.order, 5)
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(ti.distribution_invariance(model, group, x).item(), ref.mean(), rtol=1e-9)
-    np.testing.assert_allclose(ti.distribution_invariance(model, group, x, "sum").item(), ref.sum(), rtol=1e-9)
+    # default: means and sums over the non-identity elements (the paper's convention); include_identity: all rows
+    np.testing.assert_allclose(ti.distribution_invariance(model, group, x).item(), ref[1:].mean(), rtol=1e-9)
+    np.testing.assert_allclose(ti.distribution_invariance(model, group, x, "sum").item(), ref[1:].sum(), rtol=1e-9)
+    full = ti.distribution_invariance(model, group, x, include_identity=True).item()
+    np.testing.assert_allclose(full, ref.mean(), rtol=1e-9)
     assert ref[1:].min() > 1e-6  # the random model is not invariant: the metric can fail
 
 
@@ -55,8 +58,10 @@ def test_logit_invariance_matches_numpy(spec):
     ref = 0.5 * ((logits[:1] - logits) ** 2).sum(-1)
     got = ti.logit_invariance(model, group, x, reduction="none")
     np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(ti.logit_invariance(model, group, x).item(), ref.mean(), rtol=1e-9)
-    np.testing.assert_allclose(ti.logit_invariance(model, group, x, reduction="sum").item(), ref.sum(), rtol=1e-9)
+    np.testing.assert_allclose(ti.logit_invariance(model, group, x).item(), ref[1:].mean(), rtol=1e-9)
+    np.testing.assert_allclose(ti.logit_invariance(model, group, x, reduction="sum").item(), ref[1:].sum(), rtol=1e-9)
+    full = ti.logit_invariance(model, group, x, include_identity=True).item()
+    np.testing.assert_allclose(full, ref.mean(), rtol=1e-9)
     assert ref[1:].min() > 1e-6
 
 

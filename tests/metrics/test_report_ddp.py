@@ -4,6 +4,7 @@ import datetime
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,6 +13,7 @@ from helpers import mlp
 import torchinvariance as ti
 
 GROUP = ti.get_group("rotation", order=4)
+METRICS = ("accuracy", "consistency", "di", "li")
 
 
 def _free_port():
@@ -34,7 +36,9 @@ def _worker(rank, world, port, out):
         if rank == 0:  # one rank alone, no collective: must neither hang nor fail
             out["alone"] = ti.evaluate_invariance(model, GROUP, _data(rank), sync_dist=False, progress=False).to_dict()
         dist.barrier()
-        out[f"synced{rank}"] = ti.evaluate_invariance(model, GROUP, _data(rank), progress=False).to_dict()
+        out[f"synced{rank}"] = ti.evaluate_invariance(
+            model, GROUP, _data(rank), metrics=METRICS, progress=False
+        ).to_dict()
     finally:
         dist.destroy_process_group()
 
@@ -44,11 +48,13 @@ def test_sync_by_default_and_sync_dist_false_on_one_rank():
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     model = mlp(36, dtype=torch.float64)
     alone = ti.evaluate_invariance(model, GROUP, _data(0), progress=False).to_dict()
-    both = ti.evaluate_invariance(model, GROUP, _data(0) + _data(1), progress=False).to_dict()
+    both = ti.evaluate_invariance(model, GROUP, _data(0) + _data(1), metrics=METRICS, progress=False).to_dict()
     assert out["alone"] == alone
     assert out["synced0"] == out["synced1"]
     assert out["synced0"]["n_samples"] == 6
-    for name in ("accuracy", "di", "li"):
+    for name in METRICS:
         torch.testing.assert_close(
             torch.tensor(out["synced0"][name]["per_element"]), torch.tensor(both[name]["per_element"])
         )
+        assert out["synced0"][name]["mean"] == pytest.approx(both[name]["mean"], rel=1e-12)
+    assert out["synced0"]["consistency"]["orbit"] == pytest.approx(both["consistency"]["orbit"], rel=1e-12)

@@ -144,8 +144,11 @@ def test_saliency_invariance_reductions_and_zero_maps():
     model = mlp(36, dtype=F64)
     x = _x(b=3)
     none = ti.saliency_invariance(model, group, x, n_steps=4, reduction="none")
-    torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4), none.mean())
-    torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4, reduction="sum"), none.sum())
+    torch.testing.assert_close(none[0], torch.ones(3, dtype=F64))  # the identity: 1 for any model
+    torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4), none[1:].mean())
+    torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4, reduction="sum"), none[1:].sum())
+    full = ti.saliency_invariance(model, group, x, n_steps=4, include_identity=True)
+    torch.testing.assert_close(full, none.mean())
     # x = 0: IG from the zero baseline is 0 everywhere; documented: two all-zero maps are identical (SI 1)
     zero = torch.zeros(2, 1, 6, 6, dtype=F64)
     assert ti.saliency_map(model, zero, n_steps=4).abs().max() == 0

@@ -3,7 +3,8 @@
 - pure functions: :func:`distribution_invariance`, :func:`logit_invariance`
   (``_functional``), :func:`saliency_invariance`, :func:`saliency_map` and the
   :class:`SaliencyConfig` of their recipe (``metrics/saliency.py``);
-- accumulating metric objects (``update`` / ``compute`` / ``reset``, DDP-safe):
+- accumulating metric objects, :class:`torchmetrics.Metric` subclasses
+  (``update`` / ``compute`` / ``reset``, synced by torchmetrics under DDP):
   :class:`DistributionInvariance`, :class:`LogitInvariance`,
   :class:`SaliencyInvariance`;
 - :func:`evaluate_invariance` over a data loader, returning an

@@ -1,169 +1,302 @@
-r"""Stateful invariance metrics that accumulate over a dataset (torchmetrics pattern).
+r"""Invariance metrics that accumulate over a dataset: :class:`torchmetrics.Metric` subclasses.
 
-The math lives in :mod:`torchinvariance.metrics._functional` (DI, LI) and
-:mod:`torchinvariance.metrics.saliency` (SI); the classes only add up, in
-float64 on the CPU, the per-element sums of the terms, the sum of squared
-per-sample values and the sample count. :meth:`compute` reduces these
-states across processes with ``all_reduce`` when :mod:`torch.distributed` is
-initialized, so under DDP every rank gets the metric of the whole dataset.
+The math lives in :mod:`torchinvariance.metrics._functional` (DI, LI terms), :mod:`torchinvariance.metrics.saliency`
+(SI terms) and :mod:`torchinvariance.metrics._reduction` (the element averaging, ``orbit_update`` and
+``orbit_compute``, which the functional forms call on one batch). The classes only add the sums of
+``orbit_update`` to float64 states declared with ``add_state(..., dist_reduce_fx="sum")``; torchmetrics syncs
+them across processes in ``compute()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+from torchmetrics import Metric
 
 from torchinvariance._checks import check_model
 from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._functional import di_terms, li_terms, orbit_outputs
+from torchinvariance.metrics._reduction import (
+    averaged_rows,
+    check_include_identity,
+    orbit_compute,
+    orbit_std,
+    orbit_update,
+)
 from torchinvariance.metrics.saliency import Backend, Padding, SaliencyConfig, saliency_terms
 
 __all__ = ["DistributionInvariance", "LogitInvariance", "SaliencyInvariance"]
 
+F64 = torch.float64
 
-class _OrbitAccumulator:
-    r"""Float64 sums of a ``(n_elements, batch)`` matrix of terms, DDP-reduced on compute.
 
-    A sample's value is the mean of its terms over the group elements
-    :math:`v_b = \frac1n \sum_i d_{ib}`; the states are
-    :math:`\sum_b d_{ib}` per element, :math:`\sum_b v_b^2` and the count.
+class _Terms(NamedTuple):
+    """A batch of precomputed terms ``(n, B)``, routed through :meth:`Metric.update` (its bookkeeping)."""
+
+    values: Tensor
+
+
+class _Outputs(NamedTuple):
+    """A batch of precomputed orbit outputs, routed through :meth:`Metric.update`."""
+
+    fx: Tensor
+    fgx: Tensor
+
+
+def _keep_float64(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """Apply ``fn`` (a ``.to()`` conversion) to a state, keeping float64 states float64 (on the new device)."""
+    out = fn(t)
+    return out.to(F64) if t.dtype == F64 and out.is_floating_point() else out
+
+
+class _OrbitTermsMetric(Metric):
+    r"""Float64 sums of ``(n, batch)`` matrices of per-element, per-sample terms.
+
+    States (``<prefix>`` is the metric's kind, so that the compute groups of a
+    :class:`~torchmetrics.MetricCollection` never merge two different metrics):
+    ``<prefix>_element_sum`` :math:`\sum_b d_{ib}` ``(n,)``,
+    ``<prefix>_sample_sumsq`` :math:`\sum_b v_b^2` with :math:`v_b` the sample's mean over the averaged rows, and
+    ``<prefix>_count``. All are summed over processes (``dist_reduce_fx="sum"``), saved in ``state_dict()``, and
+    stay float64 whatever ``.to(dtype)`` asks; results come in the metric's ``dtype`` (float32 by default, as in
+    torchmetrics; ``.set_dtype(torch.float64)`` for float64 results).
     """
 
-    def __init__(self, n_elements: int, sync_dist: bool = True) -> None:
-        self.n_elements = n_elements
-        self.sync_dist = bool(sync_dist)
-        self.reset()
+    full_state_update: ClassVar[bool] = False
+    is_differentiable: ClassVar[bool] = False
+    _prefix: ClassVar[str] = "terms"
 
-    def reset(self) -> None:
-        """Forget everything accumulated so far."""
-        self._sum = torch.zeros(self.n_elements, dtype=torch.float64)
-        self._sumsq = torch.zeros((), dtype=torch.float64)
-        self._count = torch.zeros((), dtype=torch.float64)
+    def __init__(self, element_names: Sequence[str], rows: Sequence[bool], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if len(element_names) != len(rows):
+            raise ValueError(f"{len(element_names)} element names for {len(rows)} rows")
+        self.element_names = [str(e) for e in element_names]
+        self.rows = [bool(r) for r in rows]
+        n = len(self.rows)
+        p = self._prefix
+        self.add_state(f"{p}_element_sum", torch.zeros(n, dtype=F64), dist_reduce_fx="sum", persistent=True)
+        self.add_state(f"{p}_sample_sumsq", torch.zeros((), dtype=F64), dist_reduce_fx="sum", persistent=True)
+        self.add_state(f"{p}_count", torch.zeros((), dtype=F64), dist_reduce_fx="sum", persistent=True)
 
-    def update_terms(self, values: Tensor) -> None:
-        """Add a ``(n_elements, batch)`` matrix of per-element, per-sample terms."""
+    # ---------------------------------------------------------------- states
+    @property
+    def n_elements(self) -> int:
+        """Number of rows (group elements) of the terms."""
+        return len(self.rows)
+
+    def _sums(self) -> tuple[Tensor, Tensor, Tensor]:
+        p = self._prefix
+        return getattr(self, f"{p}_element_sum"), getattr(self, f"{p}_sample_sumsq"), getattr(self, f"{p}_count")
+
+    def _add(self, values: Tensor) -> None:
+        """Add a ``(n_elements, batch)`` matrix of terms to the states (the update of every subclass)."""
         if not isinstance(values, Tensor) or values.dim() != 2 or values.shape[0] != self.n_elements:
             got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(f"expected terms shaped ({self.n_elements}, batch), got {got}")
-        v = values.detach().to(device="cpu", dtype=torch.float64)
-        self._sum += v.sum(1)
-        self._sumsq += v.mean(0).pow(2).sum()
-        self._count += v.shape[1]
+        element_sum, sumsq, count = self._sums()
+        v = values.detach().to(device=element_sum.device, dtype=F64)
+        batch_sum, batch_sumsq, batch_count = orbit_update(v, self.rows)
+        p = self._prefix
+        setattr(self, f"{p}_element_sum", element_sum + batch_sum)
+        setattr(self, f"{p}_sample_sumsq", sumsq + batch_sumsq)
+        setattr(self, f"{p}_count", count + batch_count)
 
-    def _states(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The states, summed over all processes when a process group is initialized."""
-        packed = torch.cat([self._sum, self._sumsq.reshape(1), self._count.reshape(1)])
-        if self.sync_dist and dist.is_available() and dist.is_initialized():
-            device = torch.device("cpu")
-            if dist.get_backend() == "nccl":
-                device = torch.device("cuda", torch.cuda.current_device())
-            packed = packed.to(device)  # torch.cat made a copy: the local states stay untouched
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-            packed = packed.cpu()
-        n = self.n_elements
-        count = packed[n + 1]
+    def update(self, values: Tensor) -> None:  # type: ignore[override]
+        """Add a ``(n_elements, batch)`` matrix of terms."""
+        self._add(values.values if isinstance(values, _Terms) else values)
+
+    def update_terms(self, values: Tensor) -> None:
+        """Add a ``(n_elements, batch)`` matrix of per-element, per-sample terms (e.g. from ``reduction="none"``)."""
+        self.update(_Terms(values))
+
+    def _checked_sums(self) -> tuple[Tensor, Tensor, Tensor]:
+        element_sum, sumsq, count = self._sums()
         if count == 0:
             raise RuntimeError(f"{type(self).__name__}.compute() called before any update()")
-        return packed[:n], packed[n], count
+        return element_sum, sumsq, count
 
-    @property
-    def n_samples(self) -> int:
-        """Number of samples seen (by this process)."""
-        return int(self._count.item())
+    def _synced(self, read: Callable[[], Any]) -> Any:
+        """``read()`` on the states summed over processes, as ``compute()`` sees them (torchmetrics' sync); the local
+        states are restored after, also when ``read`` raises.
+        """
+        if self._is_synced or not self.sync_on_compute:
+            return read()
+        self.sync(dist_sync_fn=self.dist_sync_fn, should_sync=True)
+        try:
+            return read()
+        finally:
+            self.unsync(should_unsync=self._is_synced)
+
+    def _global_sums(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self._synced(lambda: tuple(t.clone() for t in self._checked_sums()))
+
+    # ---------------------------------------------------------------- results
+    def compute(self) -> Tensor:
+        """Mean over samples and the averaged group elements (a scalar in the metric's ``dtype``)."""
+        element_sum, _, count = self._checked_sums()  # synced by torchmetrics' wrapper
+        return orbit_compute(element_sum, count, self.rows).to(self.dtype)
+
+    def compute_per_element(self) -> Tensor:
+        """Mean over samples for each group element, ``(n_elements,)`` in the metric's ``dtype`` (every element)."""
+        element_sum, _, count = self._global_sums()
+        return (element_sum / count).to(self.dtype)
+
+    def compute_std(self) -> Tensor:
+        r"""Standard deviation over samples (ddof=0) of :math:`v_b`, a sample's mean over the averaged elements."""
+        element_sum, sumsq, count = self._global_sums()
+        return orbit_std(element_sum, sumsq, count, self.rows).to(self.dtype)
 
     def compute_count(self) -> int:
         """Number of samples seen by all processes (synchronized like :meth:`compute`)."""
-        return int(self._states()[2].item())
+        return int(self._global_sums()[2].item())
 
-    def compute(self) -> Tensor:
-        """Mean over samples and group elements (float64 scalar)."""
-        total, _, count = self._states()
-        return total.sum() / (count * self.n_elements)
+    @property
+    def n_samples(self) -> int:
+        """Number of samples seen by this process."""
+        return int(self._sums()[2].item())
 
-    def compute_per_element(self) -> Tensor:
-        """Mean over samples for each group element, ``(n_elements,)`` float64."""
-        total, _, count = self._states()
-        return total / count
+    @property
+    def update_called(self) -> bool:
+        """Whether samples were added since the last reset, also by ``load_state_dict()`` (torchmetrics' flag)."""
+        return super().update_called or bool(self._sums()[2] > 0)
 
-    def compute_std(self) -> Tensor:
-        """Standard deviation over samples (ddof=0) of the per-sample values :math:`v_b`."""
-        total, sumsq, count = self._states()
-        mean = total.sum() / (count * self.n_elements)
-        return (sumsq / count - mean**2).clamp_min(0.0).sqrt()
+    def _apply(self, fn: Callable[[Tensor], Tensor], exclude_state: Sequence[str] = "") -> Any:
+        # device moves apply to the states, dtype changes only to the results: the sums stay float64. A partial
+        # (not a closure) keeps repr(fn) visible to torchmetrics, which tells .half()/.float() from set_dtype by it.
+        dtype = self._dtype
+        this = super()._apply(functools.partial(_keep_float64, fn), exclude_state)
+        if this._dtype != dtype:  # torchmetrics reads the dtype off a default-dtype probe: a pure .to(device) ...
+            this._dtype = fn(torch.zeros((), dtype=dtype)).dtype  # ... keeps the dtype of the results
+        this._computed = None  # results are recomputed from the float64 sums in the (new) dtype
+        return this
+
+    def extra_repr(self) -> str:
+        return f"n_elements={self.n_elements}, n_samples={self.n_samples}"
 
 
-class _InvarianceMetric(_OrbitAccumulator):
+class _BoundMetric(_OrbitTermsMetric):
     """A metric bound to a model and a group: ``update(x)`` runs the orbit, ``update_from_outputs`` takes it."""
 
-    _terms: Callable[[Tensor, Tensor], Tensor]
+    _terms: ClassVar[Callable[[Tensor, Tensor], Tensor]]
 
     def __init__(
         self,
         model: Callable[[Tensor], Tensor],
         group: Group,
         *,
-        sync_dist: bool = True,
+        elements: Sequence | None = None,
+        include_identity: bool = False,
         eval_mode: bool = True,
         chunk_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
         check_model(model)
         ensure_group(group)
-        self.model = model
+        check_include_identity(include_identity)
+        if elements is None:
+            if not group.is_finite:
+                raise ValueError(
+                    f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles) to measure it"
+                )
+            els = list(group.elements())
+        else:
+            if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence) or len(elements) == 0:
+                raise ValueError(f"elements must be a non-empty sequence of group elements or None; got {elements!r}")
+            els = [group.check_element(g) for g in elements]
+        super().__init__([group.element_name(g) for g in els], averaged_rows(group, els, include_identity), **kwargs)
+        # held, not registered: the model is neither in the metric's state_dict() nor moved by metric.to()
+        object.__setattr__(self, "model", model)
         self.group = group
+        self.elements = None if elements is None else els
+        self.include_identity = include_identity
         self.eval_mode = bool(eval_mode)
         self.chunk_size = chunk_size
-        super().__init__(group.order, sync_dist=sync_dist)
 
-    def update(self, x: Tensor, y: Tensor | None = None) -> None:
-        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
+    def _orbit(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``f(x)`` and the outputs on the measured elements, in one forward, without autograd."""
         with torch.no_grad():
-            out = orbit_outputs(self.model, self.group, x, eval_mode=self.eval_mode, chunk_size=self.chunk_size)
-        self.update_terms(type(self)._terms(out[0], out))
+            if self.elements is None:
+                out = orbit_outputs(self.model, self.group, x, eval_mode=self.eval_mode, chunk_size=self.chunk_size)
+                return out[0], out
+            rows = [self.group.identity, *self.elements]
+            out = orbit_outputs(
+                self.model, self.group, x, eval_mode=self.eval_mode, chunk_size=self.chunk_size, elements=rows
+            )
+            return out[0], out[1:]
+
+    def update(self, x: Tensor, y: Tensor | None = None) -> None:  # type: ignore[override]
+        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
+        if isinstance(x, _Terms):
+            self._add(x.values)
+            return
+        fx, fgx = (x.fx, x.fgx) if isinstance(x, _Outputs) else self._orbit(x)
+        self._add(type(self)._terms(fx.detach(), fgx.detach()))
 
     def update_from_outputs(self, fx: Tensor, fgx: Tensor) -> None:
-        """Add a batch from outputs already computed: ``fx`` ``(B, ...)`` and ``fgx`` ``(group.order, B, ...)``.
+        """Add a batch from outputs already computed: ``fx`` ``(B, ...)`` and ``fgx`` ``(n_elements, B, ...)``.
 
-        Row ``i`` of ``fgx`` holds the outputs on ``group.elements()[i] · x`` (identity first).
+        Row ``i`` of ``fgx`` holds the outputs on ``g_i · x`` for the measured elements (by default
+        ``group.elements()``, identity first).
         """
         if isinstance(fgx, Tensor) and fgx.dim() >= 1 and fgx.shape[0] != self.n_elements:
             raise ValueError(
-                f"fgx must hold one row per element of {self.group!r} ({self.n_elements}), got {fgx.shape[0]} rows"
+                f"fgx must hold one row per measured element of {self.group!r} ({self.n_elements}), "
+                f"got {fgx.shape[0]} rows"
             )
-        self.update_terms(type(self)._terms(fx.detach(), fgx.detach()))
+        self.update(_Outputs(fx, fgx))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(group={self.group!r}, n_samples={self.n_samples})"
+    def extra_repr(self) -> str:
+        return f"group={self.group!r}, n_samples={self.n_samples}"
 
 
-class DistributionInvariance(_InvarianceMetric):
+class DistributionInvariance(_BoundMetric):
     r"""Predictive distribution invariance DI (paper eq. 1) accumulated over batches.
 
     After updates with batches that together hold the samples
     :math:`x_1..x_N`,
 
     .. math::
-        \mathrm{compute}() = \frac{1}{nN} \sum_{b=1}^{N} \sum_{g \in \mathcal{G}}
+        \mathrm{compute}() = \frac{1}{nN} \sum_{b=1}^{N} \sum_{g \in \mathcal{G} \setminus \{e\}}
         D_{KL}\big(\mathrm{softmax} f(x_b) \,\|\, \mathrm{softmax} f(g x_b)\big)
 
-    which equals :func:`~torchinvariance.distribution_invariance` with
-    ``reduction="mean"`` on the concatenated data (mean over samples and all
-    :math:`n` group elements, identity included). :meth:`compute_per_element`
-    gives the mean per group element and :meth:`compute_std` the standard
-    deviation over samples of :math:`v_b = \frac1n \sum_g D_{KL}(\cdot)`.
-    Sums are kept in float64 on the CPU; under DDP the states are
-    ``all_reduce``-d in ``compute*()`` (``sync_dist=False`` to disable).
+    with :math:`n` the number of non-identity elements (``include_identity=True``:
+    all elements), which equals :func:`~torchinvariance.distribution_invariance`
+    with ``reduction="mean"`` on the concatenated data.
+    :meth:`compute_per_element` gives the mean per group element (every element,
+    identity included), :meth:`compute_std` the standard deviation over samples of
+    :math:`v_b`, the sample's mean over the averaged elements, and
+    :meth:`compute_count` the number of samples.
+
+    The metric is a :class:`torchmetrics.Metric`: it works in a
+    :class:`~torchmetrics.MetricCollection`, moves with ``.to(device)``, keeps
+    its states in ``state_dict()``, and Lightning's ``self.log(name, metric)``
+    accepts it. The model is held, not registered: it is not part of the
+    metric's ``state_dict()`` and ``metric.to()`` does not move it.
+    ``compute()`` returns the metric's ``dtype`` (float32 by default, as
+    torchmetrics; ``set_dtype(torch.float64)`` for float64); the sums stay
+    float64 whatever the dtype. Under :mod:`torch.distributed` the states are
+    summed over processes by torchmetrics in ``compute*()`` (every process must
+    call it; ``sync_on_compute=False`` turns that off). In a
+    :class:`~torchmetrics.MetricCollection`, pass ``compute_groups=False`` when
+    it holds two metrics of the same class: torchmetrics merges metrics whose
+    states are equal after the first batch, which two exactly invariant models
+    would be.
 
     Args:
         model: classifier returning logits.
-        group: the finite group.
-        sync_dist: reduce across processes when :mod:`torch.distributed` is
-            initialized.
+        group: the group.
+        elements: the elements to measure (default every element of a finite
+            group, identity first); required for continuous groups.
+        include_identity: ``False`` (default): ``compute()`` averages over the
+            non-identity elements; ``True``: over all of them.
         eval_mode: measure with the model in ``eval()`` mode (default), see
             :func:`~torchinvariance.distribution_invariance`.
         chunk_size: at most this many group elements per forward.
+        **kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``,
+            ``process_group``, ``dist_sync_fn``, ...).
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -172,56 +305,69 @@ class DistributionInvariance(_InvarianceMetric):
         >>> for _ in range(3):
         ...     metric.update(torch.randn(8, 1, 4, 4))
         >>> metric.n_samples, metric.compute().dtype, metric.compute_per_element().shape
-        (24, torch.float64, torch.Size([4]))
+        (24, torch.float32, torch.Size([4]))
+        >>> metric.element_names
+        ['rot0', 'rot90', 'rot180', 'rot270']
         >>> metric.reset()
     """
 
+    higher_is_better: ClassVar[bool] = False
+    _prefix: ClassVar[str] = "di"
     _terms = staticmethod(di_terms)
 
 
-class LogitInvariance(_InvarianceMetric):
+class LogitInvariance(_BoundMetric):
     r"""Logit invariance LI (paper eq. 2) accumulated over batches.
 
     .. math::
-        \mathrm{compute}() = \frac{1}{nN} \sum_{b=1}^{N} \sum_{g \in \mathcal{G}}
+        \mathrm{compute}() = \frac{1}{nN} \sum_{b=1}^{N} \sum_{g \in \mathcal{G} \setminus \{e\}}
         \tfrac12 \big\lVert f(x_b) - f(g x_b) \big\rVert_2^2
 
-    equal to :func:`~torchinvariance.logit_invariance` with
-    ``reduction="mean"`` on the concatenated data. Accumulation, std and DDP
-    behaviour as in :class:`DistributionInvariance`.
+    equal to :func:`~torchinvariance.logit_invariance` with ``reduction="mean"``
+    on the concatenated data (:math:`n` the number of non-identity elements;
+    ``include_identity=True``: all elements). Accumulation, dtype, DDP and
+    torchmetrics behaviour as in :class:`DistributionInvariance`.
 
     Args:
         model: module returning ``(N, ...)``.
-        group: the finite group.
-        sync_dist: reduce across processes when :mod:`torch.distributed` is
-            initialized.
+        group: the group.
+        elements: as in :class:`DistributionInvariance`.
+        include_identity: as in :class:`DistributionInvariance`.
         eval_mode: measure with the model in ``eval()`` mode (default), see
             :func:`~torchinvariance.logit_invariance`.
         chunk_size: at most this many group elements per forward.
+        **kwargs: options of :class:`torchmetrics.Metric`.
 
     Example:
         >>> import torch, torchinvariance as ti
+        >>> from torchmetrics import MetricCollection
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-        >>> metric = ti.LogitInvariance(model, ti.get_group("flip"))
-        >>> metric.update(torch.ones(4, 1, 4, 4))  # flip-symmetric inputs
-        >>> metric.compute()
-        tensor(0., dtype=torch.float64)
+        >>> group = ti.get_group("flip")
+        >>> metrics = MetricCollection({"li": ti.LogitInvariance(model, group),
+        ...                             "di": ti.DistributionInvariance(model, group)})
+        >>> metrics.update(torch.ones(4, 1, 4, 4))  # flip-symmetric inputs
+        >>> sorted((k, v.item()) for k, v in metrics.compute().items())
+        [('di', 0.0), ('li', 0.0)]
     """
 
+    higher_is_better: ClassVar[bool] = False
+    _prefix: ClassVar[str] = "li"
     _terms = staticmethod(li_terms)
 
 
-class SaliencyInvariance(_InvarianceMetric):
+class SaliencyInvariance(_BoundMetric):
     r"""Saliency invariance similarity SI (paper eq. 3) accumulated over batches.
 
     .. math::
-        \mathrm{compute}() = \frac{1}{nN} \sum_{b=1}^{N} \sum_{g \in \mathcal{G}}
+        \mathrm{compute}() = \frac{1}{nN} \sum_{b=1}^{N} \sum_{g \in \mathcal{G} \setminus \{e\}}
         \frac{m_f(x_b) \cdot g^{-1} m_f(g x_b)}
              {\lVert m_f(x_b) \rVert_2 \, \lVert g^{-1} m_f(g x_b) \rVert_2}
 
     equal to :func:`~torchinvariance.saliency_invariance` with
-    ``reduction="mean"`` on the concatenated data; the target class of each
-    sample is the model's prediction on it. Accumulation, std and DDP
+    ``reduction="mean"`` on the concatenated data (:math:`n` the number of
+    non-identity elements, whose similarity is 1 for any model;
+    ``include_identity=True``: all elements); the target class of each sample
+    is the model's prediction on it. Accumulation, dtype, DDP and torchmetrics
     behaviour as in :class:`DistributionInvariance`. Integrated gradients run
     in plain torch by default; ``backend="captum"`` needs captum
     (``pip install torchinvariance[saliency]``).
@@ -238,11 +384,12 @@ class SaliencyInvariance(_InvarianceMetric):
         padding: see :func:`~torchinvariance.saliency_map`.
         backend: ``"torch"`` (default) or ``"captum"``, see
             :func:`~torchinvariance.saliency_map`.
-        sync_dist: reduce across processes when :mod:`torch.distributed` is
-            initialized.
+        elements: as in :class:`DistributionInvariance`.
+        include_identity: as in :class:`DistributionInvariance`.
         eval_mode: attribute with the model in ``eval()`` mode (default).
         config: a :class:`~torchinvariance.SaliencyConfig`; when given, it
             replaces the seven recipe options above.
+        **kwargs: options of :class:`torchmetrics.Metric`.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -252,6 +399,9 @@ class SaliencyInvariance(_InvarianceMetric):
         >>> 0.0 <= metric.compute().item() <= 1.0
         True
     """
+
+    higher_is_better: ClassVar[bool] = True
+    _prefix: ClassVar[str] = "si"
 
     def __init__(
         self,
@@ -265,18 +415,60 @@ class SaliencyInvariance(_InvarianceMetric):
         *,
         padding: Padding = "circular",
         backend: Backend = "torch",
-        sync_dist: bool = True,
+        elements: Sequence | None = None,
+        include_identity: bool = False,
         eval_mode: bool = True,
         config: SaliencyConfig | None = None,
+        **kwargs: Any,
     ) -> None:
-        self.config = config or SaliencyConfig(
-            n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend
+        cfg = config or SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
+        super().__init__(
+            model, group, elements=elements, include_identity=include_identity, eval_mode=eval_mode, **kwargs
         )
-        super().__init__(model, group, sync_dist=sync_dist, eval_mode=eval_mode)
+        self.config = cfg
 
-    def update(self, x: Tensor, y: Tensor | None = None) -> None:
+    def update(self, x: Tensor, y: Tensor | None = None) -> None:  # type: ignore[override]
         """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
-        self.update_terms(saliency_terms(self.model, self.group, x, None, self.config, eval_mode=self.eval_mode))
+        if isinstance(x, _Terms):
+            self._add(x.values)
+            return
+        terms = saliency_terms(
+            self.model, self.group, x, None, self.config, eval_mode=self.eval_mode, elements=self.elements
+        )
+        self._add(terms)
 
     def update_from_outputs(self, fx: Tensor, fgx: Tensor) -> None:
         raise TypeError("SaliencyInvariance needs the model's gradients, not its outputs: call update(x)")
+
+
+class _OrbitAccuracy(_OrbitTermsMetric):
+    """Accuracy on every element of the orbit: terms ``[argmax f(g x_b) = y_b]``, mean over all elements."""
+
+    higher_is_better: ClassVar[bool] = True
+    _prefix: ClassVar[str] = "accuracy"
+
+
+class _OrbitConsistency(_OrbitTermsMetric):
+    r"""Top-1 consistency: terms :math:`[\arg\max f(g x_b) = \arg\max f(x_b)]`.
+
+    Besides the per-element means, it counts the samples whose prediction is the same on every averaged element
+    (``compute_orbit()``).
+    """
+
+    higher_is_better: ClassVar[bool] = True
+    _prefix: ClassVar[str] = "consistency"
+
+    def __init__(self, element_names: Sequence[str], rows: Sequence[bool], **kwargs: Any) -> None:
+        super().__init__(element_names, rows, **kwargs)
+        self.add_state("consistency_orbit_sum", torch.zeros((), dtype=F64), dist_reduce_fx="sum", persistent=True)
+
+    def _add(self, values: Tensor) -> None:
+        super()._add(values)
+        v = values.detach().to(device=self.consistency_orbit_sum.device, dtype=F64)
+        self.consistency_orbit_sum = (
+            self.consistency_orbit_sum + v[torch.as_tensor(self.rows, device=v.device)].amin(0).sum()
+        )
+
+    def compute_orbit(self) -> Tensor:
+        """Fraction of samples whose top-1 class is the same on every averaged element."""
+        return self._synced(lambda: (self.consistency_orbit_sum / self._checked_sums()[2]).to(self.dtype))

@@ -4,8 +4,10 @@ Every metric evaluates the whole orbit :math:`\{g x : g \in \mathcal{G}\}` of a
 batch in one batched call (:func:`~torchinvariance.orbit_forward`) and returns,
 with ``reduction="none"``, a ``(group.order, batch)`` matrix whose row ``i``
 belongs to the group element ``group.elements()[i]`` (identity first).
-``"mean"`` averages over samples AND group elements, identity included, exactly
-as :class:`~torchinvariance.InvarianceLoss` does; ``"sum"`` adds them up.
+``"mean"`` averages over samples and the non-identity group elements
+(``include_identity=True``: all of them, as :class:`~torchinvariance.InvarianceLoss`
+normalises); ``"sum"`` adds the same terms up
+(``metrics/_reduction.py``).
 
 The arithmetic is split in the torchmetrics way: :func:`di_terms` and
 :func:`li_terms` turn orbit outputs into terms, and both these functions and the
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from torchinvariance.divergences import Reduction, check_logits, check_reduction, orbit_divergence, reduce
 from torchinvariance.groups import Group, ensure_group
+from torchinvariance.metrics._reduction import averaged_rows, reduce_terms
 from torchinvariance.orbit import measuring, model_output, orbit_forward
 
 __all__ = [
@@ -136,15 +139,20 @@ def distribution_invariance(
     eval_mode: bool = True,
     chunk_size: int | None = None,
     elements: Sequence | None = None,
+    include_identity: bool = False,
 ) -> Tensor:
     r"""Predictive distribution invariance error DI (paper eq. 1).
 
     .. math::
-        DI_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{g \in \mathcal{G}}
+        DI_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{g \in \mathcal{G} \setminus \{e\}}
         D_{KL}\big(u_{x_b} \,\|\, q_{g x_b}\big), \qquad
         u_x = \mathrm{softmax} f(x),\; q_{gx} = \mathrm{softmax} f(gx)
 
-    with :math:`n` the group order (identity included, its term is 0). The
+    with :math:`n` the number of non-identity elements: how much a
+    non-trivial transformation changes the prediction, the paper's
+    convention. ``include_identity=True`` averages over all elements instead
+    (the identity's term is 0, so that mean is :math:`(n_{all}-1)/n_{all}`
+    times this one). The
     whole orbit goes through ``model`` in one batched forward. The result
     keeps the autograd graph (for training use
     :class:`~torchinvariance.InvarianceLoss`); wrap the call in
@@ -154,9 +162,10 @@ def distribution_invariance(
         model: classifier returning logits ``(N, C)`` for inputs ``(N, ...)``.
         group: the finite group.
         x: batch ``(B, ...)`` the group can act on.
-        reduction: ``"mean"`` (over samples and group elements), ``"sum"`` or
-            ``"none"`` for the ``(group.order, B)`` matrix of terms (row ``i``
-            is element ``group.elements()[i]``).
+        reduction: ``"mean"`` (over samples and the averaged group
+            elements), ``"sum"`` or ``"none"`` for the ``(group.order, B)``
+            matrix of terms (row ``i`` is element ``group.elements()[i]``,
+            identity included whatever ``include_identity`` says).
         eval_mode: run the model in ``eval()`` mode (default); ``False`` keeps
             its current modes, e.g. to measure in train mode. Either way the
             modes and every buffer (BatchNorm running statistics) are restored.
@@ -165,6 +174,8 @@ def distribution_invariance(
         elements: the elements to measure (rows of ``reduction="none"``, in
             this order); default every element of a finite group. Required for
             continuous groups (e.g. ``so2.sample(8)`` or a list of angles).
+        include_identity: ``False`` (default): ``"mean"`` and ``"sum"`` run
+            over the non-identity elements; ``True``: over all of them.
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``.
@@ -186,7 +197,8 @@ def distribution_invariance(
     """
     check_reduction(reduction)
     fx, fgx = _pair(model, group, x, elements, eval_mode, chunk_size)
-    return reduce(di_terms(fx, fgx), reduction)
+    rows = averaged_rows(group, elements, include_identity)
+    return reduce_terms(di_terms(fx, fgx), reduction, rows)
 
 
 def logit_invariance(
@@ -198,14 +210,17 @@ def logit_invariance(
     eval_mode: bool = True,
     chunk_size: int | None = None,
     elements: Sequence | None = None,
+    include_identity: bool = False,
 ) -> Tensor:
     r"""Logit invariance error LI (paper eq. 2).
 
     .. math::
-        LI_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{g \in \mathcal{G}}
+        LI_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{g \in \mathcal{G} \setminus \{e\}}
         \tfrac12 \big\lVert f(x_b) - f(g x_b) \big\rVert_2^2
 
-    with :math:`n` the group order (identity included, its term is 0). Any
+    with :math:`n` the number of non-identity elements (the paper's
+    convention; ``include_identity=True`` averages over all elements, the
+    identity's term being 0). Any
     output shape ``(N, ...)`` works (the norm runs over all non-batch dims).
     The whole orbit goes through ``model`` in one batched forward; the result
     keeps the autograd graph.
@@ -214,8 +229,9 @@ def logit_invariance(
         model: module returning ``(N, ...)`` for inputs ``(N, ...)``.
         group: the finite group.
         x: batch ``(B, ...)`` the group can act on.
-        reduction: ``"mean"`` (over samples and group elements), ``"sum"`` or
-            ``"none"`` for the ``(group.order, B)`` matrix of terms.
+        reduction: ``"mean"`` (over samples and the averaged group
+            elements), ``"sum"`` or ``"none"`` for the ``(group.order, B)``
+            matrix of terms (every element).
         eval_mode: run the model in ``eval()`` mode (default); ``False`` keeps
             its current modes, e.g. to measure in train mode. Either way the
             modes and every buffer (BatchNorm running statistics) are restored.
@@ -224,6 +240,8 @@ def logit_invariance(
         elements: the elements to measure (rows of ``reduction="none"``, in
             this order); default every element of a finite group. Required for
             continuous groups (e.g. ``so2.sample(8)`` or a list of angles).
+        include_identity: ``False`` (default): ``"mean"`` and ``"sum"`` run
+            over the non-identity elements; ``True``: over all of them.
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``.
@@ -242,7 +260,8 @@ def logit_invariance(
     """
     check_reduction(reduction)
     fx, fgx = _pair(model, group, x, elements, eval_mode, chunk_size)
-    return reduce(li_terms(fx, fgx), reduction)
+    rows = averaged_rows(group, elements, include_identity)
+    return reduce_terms(li_terms(fx, fgx), reduction, rows)
 
 
 def interpolation_floor(
@@ -261,9 +280,11 @@ def interpolation_floor(
         \text{floor}_g(x_b) = d\big(f(x_b),\; f(g^{-1} \cdot (g \cdot x_b))\big)
 
     with :math:`d` the term of DI (``metric="di"``) or LI (``"li"``). For an exact group the round trip is the
-    identity and the floor is exactly 0 (returned without running the model); for an interpolating one (``so2``,
-    ``scale``) it is what even a perfectly invariant model would score, so report it next to the metric: a DI or LI
-    near its floor is as invariant as the resampling lets anyone measure.
+    identity and the floor is exactly 0 (returned without running the model). For an interpolating group (``so2``,
+    ``scale``) it is the model's own response to resampling: a double resampling (there and back), so it is a
+    scale for reading DI or LI, not a bound. It can exceed the metric (the metric resamples once), and a model that
+    is sensitive to resampling has a large floor too: compare models by their metric, and use the floor to see how
+    much of a small metric resampling alone could explain.
 
     Args:
         model: the model, as for :func:`distribution_invariance`.

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchinvariance._checks import check_model
-from torchinvariance.divergences import Reduction, check_reduction, reduce
+from torchinvariance.divergences import Reduction, check_reduction
 from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._integrated_gradients import integrated_gradients
+from torchinvariance.metrics._reduction import averaged_rows, reduce_terms
 from torchinvariance.orbit import check_batch, measuring, model_output
 
 __all__ = ["SaliencyConfig", "realign_saliency", "saliency_invariance", "saliency_map"]
@@ -453,16 +454,19 @@ def saliency_invariance(
     eval_mode: bool = True,
     config: SaliencyConfig | None = None,
     elements: Sequence | None = None,
+    include_identity: bool = False,
 ) -> Tensor:
     r"""Saliency invariance similarity SI (paper eq. 3); 1 means genuinely invariant decisions.
 
     .. math::
-        SI_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{g \in \mathcal{G}}
+        SI_f = \frac{1}{nB} \sum_{b=1}^{B} \sum_{g \in \mathcal{G} \setminus \{e\}}
         \frac{m_f(x_b) \cdot g^{-1} m_f(g x_b)}
              {\lVert m_f(x_b) \rVert_2 \, \lVert g^{-1} m_f(g x_b) \rVert_2}
 
-    with :math:`m_f` the :func:`saliency_map` and :math:`n` the group order
-    (identity included, its term is 1). The map of :math:`g x` is realigned by
+    with :math:`m_f` the :func:`saliency_map` and :math:`n` the number of
+    non-identity elements (the paper's convention: the identity's term is 1
+    for any model, so a mean that includes it is at least :math:`1/n_{all}`;
+    ``include_identity=True`` averages over all elements). The map of :math:`g x` is realigned by
     acting with :math:`g^{-1}` before the comparison
     (:func:`~torchinvariance.metrics.realign_saliency`). Every map of
     the orbit is attributed to the SAME class, the target of :math:`x` (the
@@ -485,8 +489,9 @@ def saliency_invariance(
         sigma: see :func:`saliency_map`.
         internal_batch_size: rows per forward/backward pass, at least
             ``group.order * B`` (see :func:`saliency_map`).
-        reduction: ``"mean"`` (over samples and group elements), ``"sum"`` or
-            ``"none"`` for the ``(group.order, B)`` matrix.
+        reduction: ``"mean"`` (over samples and the averaged group
+            elements), ``"sum"`` or ``"none"`` for the ``(group.order, B)``
+            matrix (every element, identity included).
         padding: see :func:`saliency_map`.
         backend: ``"torch"`` (default) or ``"captum"``, see :func:`saliency_map`.
         eval_mode: see :func:`saliency_map`.
@@ -494,6 +499,8 @@ def saliency_invariance(
         elements: the elements to compare (rows of ``reduction="none"``);
             default every element of a finite group; required for continuous
             groups (``so2``), whose maps are compared inside the inscribed disk.
+        include_identity: ``False`` (default): ``"mean"`` and ``"sum"`` run
+            over the non-identity elements; ``True``: over all of them.
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``
@@ -517,4 +524,5 @@ def saliency_invariance(
     """
     check_reduction(reduction)
     cfg = config or SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
-    return reduce(saliency_terms(model, group, x, target, cfg, eval_mode=eval_mode, elements=elements), reduction)
+    terms = saliency_terms(model, group, x, target, cfg, eval_mode=eval_mode, elements=elements)
+    return reduce_terms(terms, reduction, averaged_rows(group, elements, include_identity))

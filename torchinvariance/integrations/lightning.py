@@ -1,0 +1,216 @@
+r"""Lightning integration: log the invariance metrics of a model on its validation data.
+
+Needs Lightning 2 (``pip install "torchinvariance[lightning]"``). The metric classes themselves need nothing of this
+module: they are :class:`torchmetrics.Metric` subclasses, so a LightningModule can also hold one and log it with
+``self.log("li", self.li)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchinvariance.groups import Group, ensure_group
+from torchinvariance.metrics import DistributionInvariance, LogitInvariance, SaliencyConfig, SaliencyInvariance
+
+try:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch.trainer.states import TrainerFn
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        'torchinvariance.integrations.lightning needs Lightning 2: pip install "torchinvariance[lightning]"'
+    ) from exc
+
+__all__ = ["InvarianceMonitor"]
+
+METRICS = ("di", "li", "si")
+_CLASSES = {"di": DistributionInvariance, "li": LogitInvariance, "si": SaliencyInvariance}
+
+
+def default_input(batch: Any) -> Tensor:
+    """The input of a validation batch: the batch itself if it is a tensor, else its first item."""
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    raise TypeError(
+        f"InvarianceMonitor cannot find the input in a batch of type {type(batch).__name__}: the default reads a "
+        "tensor or the first item of a tuple/list; pass get_input=lambda batch: ... (e.g. batch['image'])"
+    )
+
+
+class InvarianceMonitor(Callback):
+    r"""Log DI, LI and/or SI of the LightningModule on its validation data, every ``every_n_epochs`` epochs.
+
+    The metrics (:class:`~torchinvariance.DistributionInvariance`, :class:`~torchinvariance.LogitInvariance`,
+    :class:`~torchinvariance.SaliencyInvariance`) are bound to the LightningModule and fed from the validation
+    loop itself: after each validation batch, its input goes through the orbit of ``group`` (no second pass over the
+    data), up to ``max_samples`` samples in all. The model is measured in ``eval()`` mode with every buffer left as
+    it was. At the end of the validation epoch the values are logged as ``<prefix><metric>``, e.g.
+    ``"invariance/li"`` (and, with ``per_element=True``, ``"invariance/li/rot90"`` per group element), so they
+    reach the logger, the progress bar (``prog_bar=True``) and ``trainer.callback_metrics`` for a
+    ``ModelCheckpoint(monitor="invariance/li")``.
+
+    **Distributed.** Under DDP every process measures its own share of the validation data (the
+    ``DistributedSampler`` Lightning adds) and torchmetrics sums the states over the processes before the values are
+    computed, so every process logs the metric of all measured samples. ``max_samples`` is split evenly over the
+    processes. As for any metric under DDP, the sampler may repeat a few samples to give every process the same
+    number of batches.
+
+    The means follow the library's element averaging (non-identity elements unless ``include_identity=True``).
+    SI needs gradients: its update runs outside Lightning's ``inference_mode`` (on a copy of the input). It costs
+    ``n_steps`` forward and backward passes of the orbit per sample, so cap it with ``max_samples``.
+
+    Args:
+        group: the group to measure.
+        metrics: any selection of ``("di", "li", "si")``; default ``("li", "di")``.
+        every_n_epochs: measure in the validation of epochs ``n, 2n, ...`` (counted from 1) during ``fit``;
+            ``trainer.validate()`` always measures.
+        max_samples: at most this many validation samples in all (``None``: every sample).
+        prefix: prepended to the logged names.
+        include_identity: the element averaging of the means.
+        elements: the elements to measure (required for continuous groups).
+        per_element: also log one value per group element.
+        prog_bar: show the values in the progress bar.
+        get_input: ``batch -> x``; default: the batch itself or its first item.
+        chunk_size: at most this many group elements per forward (DI, LI).
+        saliency: the :class:`~torchinvariance.SaliencyConfig` of SI (default: the paper's recipe).
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> from torchinvariance.integrations.lightning import InvarianceMonitor
+        >>> monitor = InvarianceMonitor(ti.get_group("rotation", order=4), metrics=("li", "di"), max_samples=512)
+        >>> monitor.metric_names
+        ['invariance/li', 'invariance/di']
+    """
+
+    def __init__(
+        self,
+        group: Group,
+        metrics: Sequence[str] = ("li", "di"),
+        every_n_epochs: int = 1,
+        max_samples: int | None = None,
+        *,
+        prefix: str = "invariance/",
+        include_identity: bool = False,
+        elements: Sequence | None = None,
+        per_element: bool = False,
+        prog_bar: bool = False,
+        get_input: Callable[[Any], Tensor] = default_input,
+        chunk_size: int | None = None,
+        saliency: SaliencyConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.group = ensure_group(group)
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        if not names or len(set(names)) != len(names) or any(m not in METRICS for m in names):
+            raise ValueError(f"metrics must be a non-empty selection without repeats of {METRICS}; got {metrics!r}")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
+        if max_samples is not None and (
+            isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+        ):
+            raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+        if not isinstance(include_identity, bool):
+            raise TypeError(f"include_identity must be a bool, got {include_identity!r}")
+        if not callable(get_input):
+            raise TypeError(f"get_input must be a callable batch -> x, got {get_input!r}")
+        self.metrics = names
+        self.every_n_epochs = every_n_epochs
+        self.max_samples = max_samples
+        self.prefix = str(prefix)
+        self.include_identity = include_identity
+        self.elements = None if elements is None else list(elements)
+        self.per_element = bool(per_element)
+        self.prog_bar = bool(prog_bar)
+        self.get_input = get_input
+        self.chunk_size = chunk_size
+        self.saliency = saliency or SaliencyConfig()
+        self._meters: dict[str, Any] = {}
+        self._active = False
+        self._left: int | None = None
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The names the metric values are logged under."""
+        return [f"{self.prefix}{m}" for m in self.metrics]
+
+    def _build(self, pl_module: LightningModule) -> None:
+        options: dict[str, Any] = {"elements": self.elements, "include_identity": self.include_identity}
+        for name in self.metrics:
+            if name == "si":
+                meter = SaliencyInvariance(pl_module, self.group, config=self.saliency, **options)
+            else:
+                meter = _CLASSES[name](pl_module, self.group, chunk_size=self.chunk_size, **options)
+            self._meters[name] = meter
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self._meters:
+            self._build(pl_module)
+
+    def _should_measure(self, trainer: Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn != TrainerFn.FITTING:
+            return True
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._active = self._should_measure(trainer)
+        if not self._active:
+            return
+        if not self._meters:
+            self._build(pl_module)
+        for meter in self._meters.values():
+            meter.reset()
+            meter.to(pl_module.device)
+        if self.max_samples is None:
+            self._left = None
+        else:  # an even split over the processes, the remainder to the first ones: max_samples in all
+            world, rank = max(trainer.world_size, 1), trainer.global_rank
+            self._left = self.max_samples // world + (1 if rank < self.max_samples % world else 0)
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._active or (self._left is not None and self._left <= 0):
+            return
+        x = self.get_input(batch)
+        if self._left is not None:
+            x = x[: self._left]
+            self._left -= x.shape[0]
+        # out of Lightning's inference mode: the states stay ordinary tensors, and SI can take gradients
+        with torch.inference_mode(False):
+            x = x.clone()
+            for meter in self._meters.values():
+                meter.update(x)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        for name, meter in self._meters.items():
+            if meter.compute_count() == 0:  # synced: the same answer on every process
+                continue
+            value = meter.compute()
+            # every process holds the same, already synced value: sync_dist=True averages identical numbers (and
+            # keeps Lightning from warning about unsynced epoch-level values)
+            pl_module.log(f"{self.prefix}{name}", value, prog_bar=self.prog_bar, sync_dist=True)
+            if self.per_element:
+                for element, v in zip(meter.element_names, meter.compute_per_element()):
+                    pl_module.log(f"{self.prefix}{name}/{element}", v, sync_dist=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(group={self.group!r}, metrics={tuple(self.metrics)}, "
+            f"every_n_epochs={self.every_n_epochs}, max_samples={self.max_samples})"
+        )
