@@ -4,7 +4,8 @@ Run ``python -m benchmarks.speed [--device auto|cpu|cuda] [--quick] [--out DIR] 
 comparison is measured side by side in the same run: after a warm-up, interleaved rounds of
 ``torch.utils.benchmark.Timer.blocked_autorange`` on every case of a section; a time is the median over all
 blocks, a ratio is the median over the rounds of the ratio of the two cases' medians in that round (so a load
-change on the shared machine hits both sides of a ratio alike). Absolute times are not comparable between runs.
+change on the shared machine hits both sides of a ratio alike), reported with the smallest and the largest
+per-round ratio. Absolute times are not comparable between runs.
 
 Sections:
 
@@ -16,9 +17,13 @@ Sections:
 2. Scaling: ``ir`` step time and memory for group orders 2, 4, 8, for ``elements=k`` (k = 1, 2, 4) and with
    ``chunk_size=1`` (activation checkpointing per chunk).
 3. Metrics throughput (samples/s): LI, DI, and SI (50-step Integrated Gradients, the default plain-torch
-   backend) against its floor (50 plain forward+backward passes over the orbit) and against one captum call per
-   group element; also SI with ``backend="captum"`` (one captum call for the whole orbit), for information.
-   SI itself needs no optional extra; without captum only the two captum rows are skipped, with a note.
+   backend) against its floor: the same forward+backward rows (50 steps x the orbit) in SI's own batch shapes
+   (all steps in one pass, as ``saliency_map`` chunks them by default); against one captum call per group
+   element; also SI with ``backend="captum"`` (one captum call for the whole orbit), for information, and the
+   one-pass floor against the floor of earlier runs (one pass per step). LI/DI, SI with its floor, the two
+   floors, and the captum cases are four groups, each timed in its own rounds (see ``section_metrics``), with
+   the minor page faults per call of each case. SI itself needs no optional extra; without captum only the
+   captum rows are skipped, with a note.
 4. Weight-tying cost: forward+backward time and parameter count of ``GroupInvariantMLP`` and
    ``EscnnInvariantMLP`` against ``MLP``.
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from benchmarks._common import atomic_write, machine_info, pick_device
-from benchmarks.speed.report import markdown, table, targets
+from benchmarks.speed.report import markdown, target_table, targets
 from benchmarks.speed.sections import SECTIONS
 from benchmarks.speed.timing import PROFILES
 from benchmarks.speed.workloads import Bench
@@ -51,6 +52,14 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _load() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages of the machine (``None`` where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, run the sections, write ``speed.md`` and ``speed.json``; return the report."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -70,6 +79,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: {exc}") from None
     bench = Bench(cfg, device, args.threads)
     print(f"device {device}, {args.threads} threads, profile {profile}", flush=True)
+    load_start = _load()
     with _threads(args.threads):
         for name in sections:
             SECTIONS[name](bench)
@@ -79,6 +89,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             "command": " ".join(["python -m benchmarks.speed", *argv]),
             **machine,
             "profile": profile,
+            "load_start": load_start,  # other jobs on a shared machine: the load average before and after
+            "load_end": _load(),
             "config": dataclasses.asdict(cfg),
         },
         "results": bench.results,
@@ -88,7 +100,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     atomic_write(out / "speed.json", json.dumps(report, indent=2) + "\n")
     atomic_write(out / "speed.md", markdown(report))
-    print("\n" + "\n".join(table(report["targets"], ["target", "value", "op", "limit", "status"])))
+    print("\n" + "\n".join(target_table(report["targets"], ["target", "value", "min", "max", "op", "limit", "status"])))
     print(f"\nwrote {out / 'speed.md'} and {out / 'speed.json'}")
     return report
 

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from benchmarks.speed import cli, report, sections
-from benchmarks.speed.timing import PROFILES, Stats, measure, ratio
+from benchmarks.speed.timing import PROFILES, Stats, measure, ratio, ratio_range
 from benchmarks.speed.workloads import Bench
 
-CAPTUM_ROWS = {"SI captum per element", "SI backend=captum"}
+SI_ROWS = {"LI", "DI", "SI", "SI floor", "floor, one pass", "floor, 1 pass per step"}
+CAPTUM_ROWS = {"SI, captum rounds", "SI captum per element", "SI backend=captum"}
+SI_RATIOS = {"SI/floor", "floor one pass/1 pass per step"}
 
 
 def _metrics(monkeypatch, captum: bool):
@@ -25,9 +27,9 @@ def test_si_rows_run_without_captum(monkeypatch):
     bench = _metrics(monkeypatch, captum=False)
     assert not sections.have_captum()
     rows = {r["case"]: r for r in bench.results["metrics"]["rows"]}
-    assert set(rows) == {"LI", "DI", "SI", "SI floor"}  # only the captum comparison rows are skipped
+    assert set(rows) == SI_ROWS  # only the captum comparison rows are skipped
     assert all(r["median_ms"] > 0 and r["samples_per_s"] > 0 for r in rows.values())
-    assert set(bench.results["metrics"]["ratios"]) == {"SI/floor"}
+    assert set(bench.results["metrics"]["ratios"]) == SI_RATIOS
     assert len(bench.notes) == 1 and "captum is not installed" in bench.notes[0]
     names = {t["target"] for t in report.targets(bench.results, torch.device("cpu"))}
     assert "SI / SI floor" in names and "SI captum per element / SI" not in names
@@ -36,16 +38,70 @@ def test_si_rows_run_without_captum(monkeypatch):
 def test_captum_rows_when_captum_is_installed(monkeypatch):
     pytest.importorskip("captum")
     bench = _metrics(monkeypatch, captum=True)
-    assert {r["case"] for r in bench.results["metrics"]["rows"]} == {"LI", "DI", "SI", "SI floor"} | CAPTUM_ROWS
-    ratios = bench.results["metrics"]["ratios"]
-    assert set(ratios) == {"SI/floor", "SI captum per element/SI", "SI backend=captum/floor"}
+    metrics = bench.results["metrics"]
+    assert {r["case"] for r in metrics["rows"]} == SI_ROWS | CAPTUM_ROWS
+    ratios = metrics["ratios"]
+    assert set(ratios) == SI_RATIOS | {"SI captum per element/SI", "SI backend=captum/SI"}
     assert all(math.isfinite(v) and v > 0 for v in ratios.values()) and bench.notes == []
+    assert set(metrics["ratio_ranges"]) == set(ratios)  # every metrics ratio is timed: min and max
+    assert all(lo <= ratios[k] <= hi for k, (lo, hi) in metrics["ratio_ranges"].items())
+
+
+def test_si_is_timed_apart_from_the_other_cases(monkeypatch):
+    """SI shares its rounds with its floor only; LI/DI, the floor shapes and captum have rounds of their own."""
+    groups = []
+
+    def record(cases, cfg, threads):
+        groups.append(sorted(cases))
+        return measure(cases, cfg, threads)
+
+    monkeypatch.setattr(sections, "measure", record)
+    _metrics(monkeypatch, captum=sections.have_captum())
+    assert sorted(["LI", "DI"]) in groups
+    assert sorted(["SI", "SI floor"]) in groups
+    assert sorted(["floor, one pass", "floor, 1 pass per step"]) in groups
+    if sections.have_captum():
+        assert sorted(CAPTUM_ROWS) in groups
+
+
+def test_si_floor_sends_sis_rows_in_sis_batch_shapes(monkeypatch):
+    """The floor runs the same rows through the model as SI, in the same passes (SI's default chunking)."""
+    bench = Bench(PROFILES["tiny"], torch.device("cpu"), threads=1)
+    calls = {}
+    real_mlp = bench.mlp
+
+    def counted_mlp(seed=0):
+        model = real_mlp(seed)
+        model.register_forward_hook(lambda m, inp, out: calls.setdefault(current[0], []).append(inp[0].shape[0]))
+        return model
+
+    current = ["setup"]
+    real_measure = sections.measure
+
+    def once(cases, cfg, threads):  # call every case once, labelled, then time as usual
+        for name, fn in cases.items():
+            current[0] = name
+            fn()
+        current[0] = "timing"
+        return real_measure(cases, cfg, threads)
+
+    monkeypatch.setattr(bench, "mlp", counted_mlp)
+    monkeypatch.setattr(sections, "measure", once)
+    monkeypatch.setitem(sys.modules, "captum", None)
+    sections.section_metrics(bench)
+    b, n, steps = bench.cfg.si_batch, 4, bench.cfg.n_steps
+    # SI: one forward of x to check the target, then every step of the orbit in one pass
+    assert calls["SI"] == [b, steps * n * b]
+    assert calls["SI floor"] == [steps * n * b]
+    assert calls["floor, one pass"] == calls["SI floor"]
+    assert calls["floor, 1 pass per step"] == [n * b] * steps
 
 
 def test_ratio_pairs_rounds():
     a = Stats(2.0, 1.0, 3.0, 3, [1.0, 10.0, 4.0])
     b = Stats(1.0, 1.0, 1.0, 3, [1.0, 5.0, 1.0])
     assert ratio(a, b) == 2.0  # median of the per-round ratios 1, 2, 4 (not 2.0 / 1.0 by accident)
+    assert ratio_range(a, b) == (1.0, 2.0, 4.0)
     b2 = Stats(1.0, 1.0, 1.0, 3, [0.5, 5.0, 1.0])
     assert ratio(a, b2) == 2.0 and ratio(b2, a) == 0.5
 
