@@ -4,8 +4,10 @@ Sub-commands:
 
 - ``run`` (default): train every (dataset, group, model, seed) run that is not finished yet, evaluate it,
   and write Table 1, the figures, ``results.json`` and the PASS/FAIL checks of the paper's claims;
-- ``tune``: sweep the regularizer weight nu and write the smallest nu on the grid whose model reaches
-  SI >= 0.95 on the validation split, with the evidence, to the nu config file that ``run`` reads;
+- ``tune``: train the regularizer weight nu's grid at the profile's own length (one ensemble per group and
+  regularizer) and the DA reference, pick nu by the guarded rule (:func:`benchmarks.paper.tune.choose_nu`) and
+  write it, with the evidence, to the profile's section of the nu config file that ``run`` reads;
+- ``ablate-si``: the SI-recipe ablation on the trained DA and IR models (``si_ablation.md``);
 - ``publish``: copy a finished run's tables, figures and ``results.json`` (no checkpoints) to ``--to``.
 
 This module only reads the command line: it is parsed once into a frozen configuration
@@ -16,32 +18,77 @@ This module only reads the command line: it is parsed once into a frozen configu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from benchmarks._common import pick_device
+from benchmarks.paper import ablation, pipeline, tune
 from benchmarks.paper import data as D
-from benchmarks.paper import pipeline, tune
 from benchmarks.paper.config import PublishConfig, RunConfig
 from benchmarks.paper.profiles import PROFILES, get_profile
 from benchmarks.paper.train import GROUPS
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0, else a usage error that says what was expected (no traceback)."""
+def physical_cores(cpus: set[int]) -> int | None:
+    """How many physical cores the logical CPUs ``cpus`` sit on (Linux ``/proc/cpuinfo``), or None if unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    cores, current = set(), {}
+    for block in text.split("\n\n"):
+        current = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        current = {k.strip(): v.strip() for k, v in current.items()}
+        if "processor" in current and int(current["processor"]) in cpus:
+            cores.add((current.get("physical id", "0"), current.get("core id", current["processor"])))
+    return len(cores) or None
+
+
+def default_threads() -> int:
+    """The ``--threads auto`` choice: 1 on a machine with at most 2 usable CPUs, else one per physical core.
+
+    On the team's shared 2-core machine torch's own choice (2 threads) made the quick profile 8x slower while other
+    jobs ran (25 min instead of 3, issue 10): two busy threads that wait for each other at every operation lose
+    badly to any other process on the second core, while the benchmark's small matrices (512-row batches of a
+    128-wide MLP) gain little from a second thread when the machine is idle. The load of other jobs is not
+    subtracted: inside a container ``os.getloadavg`` reports the host's load, not the CPUs this process may use.
+    """
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if len(cpus) <= 2:
+        return 1
+    return max(1, min(len(cpus), physical_cores(set(cpus)) or len(cpus)))
+
+
+def _threads(text: str) -> int:
+    """argparse type: ``auto`` (see :func:`default_threads`) or an int >= 0, else a usage error (no traceback)."""
+    if text == "auto":
+        return default_threads()
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number of threads, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of threads >= 1 (or 0 for torch's choice), got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", nargs="?", default="run", choices=("run", "tune", "publish"), help="default: run")
+    p.add_argument(
+        "command", nargs="?", default="run", choices=("run", "tune", "ablate-si", "publish"), help="default: run"
+    )
     p.add_argument("--profile", default="quick", help=f"one of {sorted(PROFILES)} (default: quick)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument(
@@ -54,13 +101,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nu-config",
         default=None,
-        help="tuned nu values (default: benchmarks/paper/nu.json)",
+        help="tuned nu values (default: benchmarks/paper/nu.json; the smoke profile: <results-dir>/nu.json)",
+    )
+    p.add_argument(
+        "--nu-from",
+        default=None,
+        metavar="PROFILE",
+        help="run with the nu values tuned for another profile, explicitly (default: the profile's own)",
     )
     p.add_argument("--groups", nargs="+", default=list(GROUPS), help="subset of: rotation translation")
-    p.add_argument("--seed", type=int, default=0, help="global seed (runs use their own seeds from the profile)")
-    p.add_argument("--force", action="store_true", help="recompute finished runs")
     p.add_argument(
-        "--threads", type=_non_negative_int, default=0, help="torch CPU threads, >= 1 (default 0: torch's choice)"
+        "--detached",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also train IR with the normalized-L2 divergence and a detached denominator "
+        "(default: on for paper/full, off for quick/smoke)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="global seed (runs use their own seeds from the profile)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain and re-evaluate everything (default: reuse run folders whose recorded settings match, refuse "
+        "those whose settings differ)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help='torch.compile the ensembles\' training step (mode="reduce-overhead", CUDA graphs, on CUDA)',
+    )
+    p.add_argument(
+        "--max-members",
+        type=_positive_int,
+        default=None,
+        help="at most this many runs per vmapped ensemble (default: all runs of a group and model kind in one)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimates, train nothing")
+    p.add_argument(
+        "--si-samples",
+        type=_positive_int,
+        default=None,
+        help="ablate-si: test samples (default: the profile's eval_si)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default="auto",
+        help="torch CPU threads: auto (default: 1 on <= 2 CPUs, else one per physical core), "
+        "a number >= 1, or 0 for torch's choice",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--to", default="docs/results/quick", help="publish: destination folder")
@@ -92,8 +179,13 @@ def parse(argv: list[str] | None = None) -> RunConfig | PublishConfig:
         device = pick_device(args.device)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if args.nu_from is not None:
+        try:
+            get_profile(args.nu_from)
+        except ValueError as exc:
+            raise SystemExit(f"error: --nu-from: {exc}") from None
     # the smoke profile without --nu-config tunes its own values into its results folder (run: first)
-    own_nu = profile.name == "smoke" and args.nu_config is None
+    own_nu = profile.name == "smoke" and args.nu_config is None and args.nu_from is None
     if args.nu_config is not None:
         nu_config = Path(args.nu_config)
     else:
@@ -105,10 +197,16 @@ def parse(argv: list[str] | None = None) -> RunConfig | PublishConfig:
         data_root=Path(args.data_root) if args.data_root else D.default_data_root(),
         results_dir=results_dir,
         nu_config=nu_config,
+        nu_from=args.nu_from,
         tune_first=own_nu and args.command == "run",
         groups=tuple(args.groups),
+        detached=profile.detached_variant if args.detached is None else args.detached,
         seed=args.seed,
         force=args.force,
+        compile=args.compile,
+        max_members=args.max_members,
+        dry_run=args.dry_run,
+        ablation_samples=args.si_samples,
         threads=args.threads,
         progress=args.progress,
         command_line=" ".join(["python -m benchmarks.paper", *argv]),
@@ -121,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cfg, PublishConfig):
         return pipeline.publish(cfg)
     datasets = pipeline.prepare(cfg)
+    if cfg.dry_run:
+        return pipeline.dry_run(cfg, datasets)
+    store = pipeline.make_store(cfg)
     if cfg.command == "tune":
-        tune.tune(cfg, datasets)
+        tune.tune(cfg, datasets, store)
         return 0
-    return pipeline.run(cfg, datasets)
+    if cfg.command == "ablate-si":
+        return ablation.ablate(cfg, datasets, store)
+    return pipeline.run(cfg, datasets, store)

@@ -13,26 +13,34 @@ from benchmarks.paper.profiles import Profile
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything the ``run`` and ``tune`` sub-commands need, resolved from the command line.
+    """Everything the ``run``, ``tune`` and ``ablate-si`` sub-commands need, resolved from the command line.
 
     Attributes:
-        command: ``run`` (train, evaluate, report) or ``tune`` (the nu sweep only).
+        command: ``run`` (train, evaluate, report), ``tune`` (the nu sweep only) or ``ablate-si`` (the SI-recipe
+            ablation on the trained DA and IR models).
         profile: how much of the paper's protocol to run.
         device: the resolved torch device.
         data_root: folder with ``MNIST/raw`` and ``FashionMNIST/raw``.
-        results_dir: where runs, tables, figures and ``results.json`` go.
+        results_dir: where runs, tune points, tables, figures and ``results.json`` go.
         nu_config: the tuned nu values that ``run`` reads and ``tune`` writes.
+        nu_from: the ``nu_config`` section ``run`` reads; ``None`` reads the profile's own section (and stops if
+            it has none), a name reads that profile's values, explicitly.
         tune_first: ``run`` tunes nu into ``nu_config`` before training (the smoke profile without
             ``--nu-config`` tunes its own values into the results folder).
         groups: the paper's groups to run, in order.
+        detached: also train the ``IR-normalized_l2_detached`` variant (default: the profile's choice).
         seed: the global seed; run seeds are ``seed + profile.seeds``.
-        force: recompute finished runs and cached tune points.
-        threads: torch CPU threads (0: torch's choice).
+        force: retrain and re-evaluate everything instead of refusing run folders whose recorded settings differ.
+        compile: run the ensembles' training step through ``torch.compile``.
+        max_members: train at most this many runs per ensemble (``None``: every run of a (group, model kind) in one).
+        dry_run: print the plan and the time estimates of ``tune`` and ``run``, train nothing.
+        ablation_samples: test samples of the SI-recipe ablation (``None``: the profile's ``eval_si``).
+        threads: torch CPU threads (0: torch's own choice).
         progress: show progress bars.
         command_line: the command as typed, recorded in the outputs.
     """
 
-    command: Literal["run", "tune"]
+    command: Literal["run", "tune", "ablate-si"]
     profile: Profile
     device: torch.device
     data_root: Path
@@ -40,9 +48,15 @@ class RunConfig:
     nu_config: Path
     tune_first: bool
     groups: tuple[str, ...]
+    nu_from: str | None = None
+    detached: bool = False
     seed: int = 0
     force: bool = False
-    threads: int = 0
+    compile: bool = False
+    max_members: int | None = None
+    dry_run: bool = False
+    ablation_samples: int | None = None
+    threads: int = 1
     progress: bool = True
     command_line: str = "python -m benchmarks.paper"
 

@@ -5,7 +5,7 @@
 - the official train+test images pooled, shuffled with a fixed seed and split 10k train / 50k test / 2k val;
 - normalized to zero mean and unit std with the train split's statistics;
 - every sample transformed by a group element drawn uniformly: re-drawn every epoch for training (see
-  :func:`augment`), fixed per sample (seeded) for validation and test.
+  :func:`epoch_draws`), fixed per sample (seeded) for validation and test.
 """
 
 from __future__ import annotations
@@ -201,10 +201,16 @@ def build(
     )
 
 
-def augment(group: ti.Group, x: Tensor, generator: torch.Generator) -> Tensor:
-    """Transform every sample by a uniformly drawn element (training augmentation, re-drawn per call)."""
-    els = torch.randint(group.order, (x.shape[0],), generator=generator)
-    return group.act_per_sample(els, x)
+def epoch_draws(n: int, order: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One epoch's random draws of one run, made at once on the generator's device: ``(order, elements)``.
+
+    ``order`` is the permutation of the ``n`` training samples (the data order) and ``elements[i]`` the group
+    element that augments the ``i``-th sample of that order, drawn uniformly. The training step then gathers
+    ``orbit[elements[j], order[j]]`` from the precomputed orbit of the training split, with no host sync.
+    """
+    perm = torch.randperm(n, generator=generator, device=generator.device)
+    els = torch.randint(order, (n,), generator=generator, device=generator.device)
+    return perm, els
 
 
 def drifted_test(

@@ -14,7 +14,10 @@ DIVERGENCES: tuple[str, ...] = tuple(_LIBRARY_DIVERGENCES)  # l2, kl, normalized
 DIVERGENCE_LABELS = {"l2": "L2", "kl": "KL", "normalized_l2": "norm. L2"}
 
 IR_MODELS = {f"IR-{d}": d for d in DIVERGENCES}  # model kind -> its regularizer's divergence
-MODELS = ("WT", "WT-escnn", "DA", *IR_MODELS)
+# IR variants outside the paper (issue 10, item 8): model kind -> (library divergence, its keyword options)
+DETACHED = "IR-normalized_l2_detached"
+IR_VARIANTS = {DETACHED: ("normalized_l2", {"detach_denominator": True})}
+MODELS = ("WT", "WT-escnn", "DA", *IR_MODELS, *IR_VARIANTS)
 
 # labels in the figures' legends and titles
 MODEL_LABELS = {
@@ -22,10 +25,16 @@ MODEL_LABELS = {
     "WT": "WT",
     "WT-escnn": "WT (escnn)",
     **{m: f"IR ({DIVERGENCE_LABELS.get(d, d)})" for m, d in IR_MODELS.items()},
+    DETACHED: "IR (norm. L2, detached denominator; not in the paper)",
 }
 
 # rows of Table 1 and their labels; the label's first word names the paper's row beside it
 TABLE_MODELS = {"WT": "WT", "WT-escnn": "WT (escnn)", "DA": "DA", "IR-l2": "IR"}
+
+
+def is_ir(model: str) -> bool:
+    """Whether the model kind ``model`` is trained with an invariance regularizer (and so needs a tuned nu)."""
+    return model in IR_MODELS or model in IR_VARIANTS
 
 
 def group_label(name: str) -> str:

@@ -1,39 +1,35 @@
-"""The ``run`` sub-command: plan the runs, estimate their time, train and evaluate each, summarize, publish.
+"""The ``run`` sub-command: plan the runs, estimate their time, train them as ensembles, evaluate, summarize, publish.
 
-Every step takes the frozen :class:`~benchmarks.paper.config.RunConfig`; nothing here reads the command line.
+Every step takes the frozen :class:`~benchmarks.paper.config.RunConfig`; nothing here reads the command line. The
+runs that share a (group, model kind) train together as one vmapped ensemble
+(:func:`~benchmarks.paper.ensemble.train_ensemble`); the run folders and their reuse rules are
+:mod:`benchmarks.paper.runs`.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.util
-import math
 import time
 
 import torch
 
-import torchinvariance as ti
 from benchmarks._common import log, machine_info
 from benchmarks.paper import data as D
 from benchmarks.paper import figures, report
 from benchmarks.paper.config import PublishConfig, RunConfig
-from benchmarks.paper.labels import DIVERGENCES
+from benchmarks.paper.estimate import Estimator, Work, describe
+from benchmarks.paper.labels import is_ir
 from benchmarks.paper.profiles import Profile
-from benchmarks.paper.store import (
-    check_writable,
-    copy_file,
-    load_state,
-    read_json,
-    save_state,
-    write_json,
-    write_text,
-)
-from benchmarks.paper.train import RunSpec, evaluate, evaluate_drift, load_model, make_group, train
-from benchmarks.paper.tune import load_nu, tune
+from benchmarks.paper.runs import METRICS_FILE, RunStore, ensembles, eval_settings, load_trained
+from benchmarks.paper.store import check_writable, copy_file, write_json, write_text
+from benchmarks.paper.train import RunSpec, evaluate, evaluate_drift, make_group
+from benchmarks.paper.tune import load_nu, regularizers, sweep_specs, sweep_work, tune, tune_seed
 
 BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 DRIFT_MODELS = ("DA", "WT", "IR-l2")
-PUBLISHED = ("table1.md", "claims.md", "figure5_spectral.md", "results.json")
+PUBLISHED = ("table1.md", "claims.md", "figure5_spectral.md", "results.json", "si_ablation.md")
+EVAL_FIELDS = ("eval_test", "eval_si", "eval_jacobian", "drift_n")
 
 
 def have_escnn() -> bool:
@@ -41,83 +37,103 @@ def have_escnn() -> bool:
     return importlib.util.find_spec("escnn") is not None
 
 
-def plan(profile: Profile, groups: tuple[str, ...], nu: dict, escnn: bool, base_seed: int = 0) -> list[RunSpec]:
-    """All runs of a profile; run seeds are ``base_seed + profile.seeds``."""
+def plan(
+    profile: Profile, groups: tuple[str, ...], nu: dict, escnn: bool, base_seed: int = 0, detached: bool = False
+) -> list[RunSpec]:
+    """All runs of a profile; run seeds are ``base_seed + profile.seeds``.
+
+    An IR model whose nu is ``None`` (no grid value passed the tune's accuracy guard) is left out; see
+    :func:`unusable_nu`.
+    """
     specs = []
     for seed in (base_seed + s for s in profile.seeds):
         for g in groups:
             models = ["WT"] + (["WT-escnn"] if escnn and g == "rotation" else []) + ["DA"]
             specs += [RunSpec("mnist", g, m, seed) for m in models]
-            specs += [RunSpec("mnist", g, f"IR-{d}", seed, nu=float(nu[g][d])) for d in DIVERGENCES]
+            for r in regularizers(detached):
+                if nu[g][r] is not None:
+                    specs.append(RunSpec("mnist", g, f"IR-{r}", seed, nu=float(nu[g][r])))
     return specs
 
 
-def estimate_minutes(profile: Profile, specs: list[RunSpec], device: torch.device, data) -> float:
-    """Measure a few training steps and extrapolate (printed up front)."""
-    group = data.group
-    model = ti.MLP(in_shape=(1, 36, 36), num_classes=D.NUM_CLASSES).to(device)
-    reg = ti.InvarianceLoss(model, group)
-    opt = torch.optim.Adam(model.parameters())
-    x = data.train.x[: profile.batch_size].to(device)
-    y = data.train.y[: profile.batch_size].to(device)
-    times = []
-    for _ in range(4):
-        t = time.perf_counter()
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y) + reg(x, logits=logits)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    step = sorted(times)[1]
-    steps = math.ceil(len(data.train) / profile.batch_size) * profile.epochs
-    # SI (50-step integrated gradients over the orbit) dominates the evaluation at large eval_si: time it too
-    model.eval()
-    xs = data.test.x[:32].to(device)
-    t = time.perf_counter()
-    ti.saliency_invariance(model, group, xs)
-    si_per_sample = (time.perf_counter() - t) / len(xs)
-    # IR/WT steps cost about an orbit's worth, DA about a quarter of that; +20% for the rest of the evaluation
-    per_run = step * steps * 1.2 + si_per_sample * profile.eval_si
-    return per_run * len(specs) / 60.0
+def unusable_nu(nu: dict, groups: tuple[str, ...], detached: bool) -> list[str]:
+    """``group/regularizer`` of the IR models without a usable nu."""
+    return [f"{g}/{r}" for g in groups for r in regularizers(detached) if nu[g][r] is None]
 
 
-def run_one(spec: RunSpec, data, cfg: RunConfig, drifted) -> dict:
-    """Train + evaluate one run, or load it if it already finished."""
-    profile, device = cfg.profile, cfg.device
-    run_dir = cfg.results_dir / "runs" / spec.key
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists() and not cfg.force:
-        metrics = read_json(metrics_path)
-        if metrics.get("spec", {}).get("nu") == spec.nu:
-            log(f"skip {spec.key} (finished: {metrics_path})")
-            return metrics
-        log(f"redo {spec.key}: its nu changed from {metrics['spec'].get('nu')} to {spec.nu}")
-    state, hist = train(spec, data, profile, device, progress=cfg.progress)
-    model = load_model(spec, data.group, state, device)
-    ev = evaluate(model, data, profile, device, progress=cfg.progress)
+def _work(specs: list[RunSpec], train: set[RunSpec], evaluate: set[RunSpec]) -> list[Work]:
+    """The run's work for the estimate: per (group, model kind), the runs to train and to evaluate."""
+    out = []
+    for g, kind in dict.fromkeys((s.group, s.model) for s in specs):
+        mine = [s for s in specs if (s.group, s.model) == (g, kind)]
+        out.append(
+            Work(
+                g,
+                kind,
+                members=sum(s in train for s in mine),
+                runs_to_evaluate=sum(s in evaluate for s in mine),
+                drift=kind in DRIFT_MODELS,
+            )
+        )
+    return out
+
+
+def dry_run(cfg: RunConfig, datasets: dict) -> int:
+    """Print the plan and the measured estimate of ``tune`` and then ``run`` into a fresh results folder."""
+    placeholder = {g: dict.fromkeys(regularizers(cfg.detached), 1.0) for g in cfg.groups}
+    specs = plan(cfg.profile, cfg.groups, placeholder, have_escnn(), cfg.seed, cfg.detached)
+    refs, points = sweep_specs(cfg)
+    est = Estimator(datasets, cfg.profile, cfg.device, cfg.max_members)
+    tune_secs = est.seconds(sweep_work(refs, points, set(refs + points)))
+    # run after tune: the DA reference and one grid point per IR model are the first seed's runs, reused
+    first = tune_seed(cfg)
+    reused = {s for s in specs if s.seed == first and (s.model == "DA" or is_ir(s.model))}
+    run_secs = est.seconds(_work(specs, set(specs) - reused, set(specs)))
+    n_tune = len(ensembles([(s, None) for s in refs + points], cfg.max_members))
+    n_run = len(ensembles([(s, None) for s in specs if s not in reused], cfg.max_members))
+    log(
+        f"plan: tune trains {len(refs)} DA reference(s) and {len(points)} grid points as {n_tune} ensembles "
+        f"({cfg.profile.epochs} epochs each)"
+    )
+    log(f"plan: run trains {len(specs) - len(reused)} runs as {n_run} ensembles, evaluates {len(specs)}")
+    log(describe(f"tune --profile {cfg.profile.name}", tune_secs, cfg.device))
+    log(describe(f"run --profile {cfg.profile.name} after that tune", run_secs, cfg.device))
+    total = {k: tune_secs[k] + run_secs[k] for k in tune_secs}
+    log(describe("tune + run", total, cfg.device))
+    alone = est.seconds(_work(specs, set(specs), set(specs)))
+    log(describe(f"run --profile {cfg.profile.name} alone (committed nu, no tune points to reuse)", alone, cfg.device))
+    return 0
+
+
+def evaluate_run(spec: RunSpec, data, cfg: RunConfig, store: RunStore, drifted) -> dict:
+    """The evaluation of one trained run (``metrics.json``), computed unless stored with the same settings."""
+    folder = store.run_dir(spec)
+    wanted = eval_settings(cfg.profile, *EVAL_FIELDS)
+    stored = store.evaluation(folder, METRICS_FILE, wanted)
+    if stored is not None:
+        log(f"skip {spec.key} (finished: {folder / METRICS_FILE})")
+        return stored
+    rec = store.record(folder)
+    assert rec is not None, folder
+    model = load_trained(folder, spec, data.group, cfg.device)
+    ev = evaluate(model, data, cfg.profile, cfg.device, progress=cfg.progress)
     if spec.model in DRIFT_MODELS and drifted is not None:
-        ev["drift"] = evaluate_drift(model, data, drifted, device, progress=cfg.progress)
+        ev["drift"] = evaluate_drift(model, data, drifted, cfg.device, progress=cfg.progress)
+    hist = rec["history"]
     metrics = {
-        "spec": {
-            "dataset": spec.dataset,
-            "group": spec.group,
-            "model": spec.model,
-            "seed": spec.seed,
-            "nu": spec.nu,
-        },
-        "profile": profile.name,
+        "spec": {"dataset": spec.dataset, "group": spec.group, "model": spec.model, "seed": spec.seed, "nu": spec.nu},
+        "profile": cfg.profile.name,
+        "settings": rec["settings"],
+        "eval_settings": wanted,
         "history": hist,
         "eval": ev,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": rec["parameters"],
     }
-    save_state(run_dir / "model.pt", state)
-    write_json(metrics_path, metrics)  # written last: its presence marks the run finished
-    inv = ev["invariance"]
+    write_json(folder / METRICS_FILE, metrics)  # written last: its presence marks the run evaluated
+    n = report.run_numbers(metrics)
     log(
-        f"done {spec.key}: acc={ev['test_acc']:.2f}% LI={inv['li']['mean']:.3g} DI={inv['di']['mean']:.3g} "
-        f"SI={ev['saliency']['si']['mean']:.3f} sigma_max={ev['sigma_max']['mean']:.3g} "
-        f"({hist['seconds']:.0f}s training, best epoch {hist['best_epoch']}/{hist['epochs']})"
+        f"done {spec.key}: acc={n['acc']:.2f}% LI={n['li']:.3g} DI={n['di']:.3g} SI={n['si']:.3f} "
+        f"(non-identity means) sigma_max={n['sigma_max']:.3g} (best epoch {hist['best_epoch']}/{hist['epochs']})"
     )
     return metrics
 
@@ -139,7 +155,7 @@ def build_datasets(cfg: RunConfig) -> dict:
 
 
 def prepare(cfg: RunConfig) -> dict:
-    """What ``run`` and ``tune`` do first: check the results folder, seed, set threads, load the data."""
+    """What every sub-command but ``publish`` does first: check the results folder, seed, set threads, load data."""
     # every folder a run writes into, before anything trains: a read-only runs/ fails now, not after the first run
     for folder in (cfg.results_dir, cfg.results_dir / "runs", cfg.results_dir / "tune"):
         check_writable(folder)
@@ -147,43 +163,72 @@ def prepare(cfg: RunConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     profile = cfg.profile
-    log(f"profile {profile.name}: {profile.epochs} epochs x {len(profile.seeds)} seed(s), device {cfg.device}")
+    log(
+        f"profile {profile.name}: {profile.epochs} epochs x {len(profile.seeds)} seed(s), device {cfg.device}, "
+        f"{torch.get_num_threads()} CPU thread(s)" + (f"; {profile.demo}" if profile.demo else "")
+    )
     if profile.name == "full" and cfg.device.type == "cpu":
-        log("the full profile is the paper's protocol (300 epochs x 4 seeds) and is meant for a GPU")
+        log("the full profile is the paper's protocol with 4 seeds and is meant for a GPU")
     return build_datasets(cfg)
 
 
-def run(cfg: RunConfig, datasets: dict) -> int:
+def make_store(cfg: RunConfig) -> RunStore:
+    """The run folders of ``cfg.results_dir`` under the command's ``--force`` and ``--compile``."""
+    return RunStore(
+        cfg.results_dir,
+        cfg.device,
+        force=cfg.force,
+        compile=cfg.compile,
+        max_members=cfg.max_members,
+        progress=cfg.progress,
+    )
+
+
+def run(cfg: RunConfig, datasets: dict, store: RunStore | None = None) -> int:
     """The ``run`` sub-command on prepared datasets: (tune first if asked), every run, then the summary."""
+    store = store or make_store(cfg)
     profile = cfg.profile
     if cfg.tune_first:
-        tune(cfg, datasets)
-    nu, nu_source = load_nu(cfg.nu_config, profile)
+        tune(cfg, datasets, store)
+    nu, nu_source = load_nu(cfg.nu_config, profile, cfg.nu_from, needed=regularizers(cfg.detached))
     log(f"nu values from {nu_source}: {nu}")
     escnn = have_escnn()
     if not escnn:
         log('escnn is not installed: the WT (escnn) row is skipped (pip install "torchinvariance[escnn]")')
-    specs = plan(profile, cfg.groups, nu, escnn, cfg.seed)
-    pending = [s for s in specs if cfg.force or not (cfg.results_dir / "runs" / s.key / "metrics.json").exists()]
-    est = estimate_minutes(profile, pending, cfg.device, datasets[("mnist", cfg.groups[0])])
-    log(f"{len(specs)} runs, {len(pending)} to do; estimated {est:.1f} min on this machine ({cfg.device})")
+    skipped = unusable_nu(nu, cfg.groups, cfg.detached)
+    for name in skipped:
+        log(f"skip IR {name}: no nu on the grid kept the accuracy guard in the tune (see {cfg.nu_config})")
+    specs = plan(profile, cfg.groups, nu, escnn, cfg.seed, cfg.detached)
+    todo, bad = store.plan([(s, store.run_dir(s)) for s in specs], profile, reuse=store.point_dir)
+    store.refuse(bad, "run")
+    to_eval = {
+        s
+        for s in specs
+        if store.evaluation(store.run_dir(s), METRICS_FILE, eval_settings(profile, *EVAL_FIELDS), quiet=True) is None
+    }
+    secs = Estimator(datasets, profile, cfg.device, cfg.max_members).seconds(
+        _work(specs, {s for s, _ in todo}, to_eval)
+    )
+    log(f"{len(specs)} runs: {len(todo)} to train, {len(to_eval)} to evaluate")
+    log(describe(f"run --profile {profile.name}", secs, cfg.device))
 
     fm_images, fm_labels = datasets["fmnist_test"]
     drift_sets = {
         g: {b: D.drifted_test(datasets[("mnist", g)], fm_images, fm_labels, b, n=profile.drift_n) for b in BETAS}
         for g in cfg.groups
     }
-    runs = {}
     started = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    for spec in tqdm(specs, desc="runs", unit="run", disable=not cfg.progress):
-        runs[spec.key] = run_one(spec, datasets[(spec.dataset, spec.group)], cfg, drift_sets[spec.group])
+    store.train(todo, datasets, profile)
+    runs = {}
+    for spec in specs:
+        runs[spec.key] = evaluate_run(spec, datasets[(spec.dataset, spec.group)], cfg, store, drift_sets[spec.group])
     log(f"all runs finished in {(time.perf_counter() - started) / 60:.1f} min")
-    return summarize(cfg, datasets, runs, nu, nu_source)
+    return summarize(cfg, datasets, runs, nu, nu_source, store, skipped)
 
 
-def summarize(cfg: RunConfig, datasets: dict, runs: dict, nu: dict, nu_source: str) -> int:
+def summarize(
+    cfg: RunConfig, datasets: dict, runs: dict, nu: dict, nu_source: str, store: RunStore, skipped: list[str]
+) -> int:
     """Table 1, figures, claims and results.json from the finished runs."""
     out, profile, device = cfg.results_dir, cfg.profile, cfg.device
     seed = cfg.seed + profile.seeds[0]
@@ -196,16 +241,19 @@ def summarize(cfg: RunConfig, datasets: dict, runs: dict, nu: dict, nu_source: s
     table = report.table1(agg)
     spectral = report.spectral_table(agg)
     claims = report.check_claims(agg, drift)
-    write_text(out / "table1.md", table)
-    write_text(out / "figure5_spectral.md", spectral)
-    write_text(out / "claims.md", report.claims_markdown(claims))
+    label = f"**{profile.name} profile: {profile.demo}**\n\n" if profile.demo else ""
+    write_text(out / "table1.md", label + table)
+    write_text(out / "figure5_spectral.md", label + spectral)
+    write_text(out / "claims.md", label + report.claims_markdown(claims))
 
     for g in cfg.groups:
         data = datasets[("mnist", g)]
-        models = {}
-        for m in ("DA", "IR-l2"):
-            spec = RunSpec("mnist", g, m, seed)
-            models[m] = load_model(spec, data.group, load_state(out / "runs" / spec.key / "model.pt"), device)
+        first = {s.model: s for s in (RunSpec(**r["spec"]) for r in runs.values()) if (s.group, s.seed) == (g, seed)}
+        models = {
+            m: load_trained(store.run_dir(first[m]), first[m], data.group, device)
+            for m in ("DA", "IR-l2")
+            if m in first
+        }
         x = data.test.x[: profile.saliency_samples].to(device)
         figures.figure3(models, data.group, x, out / f"figure3_saliency_{g}.png")
         n = profile.tsne_samples
@@ -225,8 +273,10 @@ def summarize(cfg: RunConfig, datasets: dict, runs: dict, nu: dict, nu_source: s
         "machine": machine_info(device),
         "command": cfg.command_line,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "convention": report.CONVENTION,
         "nu": nu,
         "nu_source": nu_source,
+        "skipped": skipped,
         "table1": agg,
         "paper_table1": report.PAPER_TABLE1,
         "drift": drift,
@@ -234,7 +284,7 @@ def summarize(cfg: RunConfig, datasets: dict, runs: dict, nu: dict, nu_source: s
         "runs": runs,
     }
     write_json(out / "results.json", results)
-    print("\n## Table 1 (Transforming-MNIST; measured | paper)\n")
+    print(f"\n## Table 1 (Transforming-MNIST; measured | paper){' — ' + profile.demo if profile.demo else ''}\n")
     print(table)
     print("## Figure 5 numbers: sigma_max of the input Jacobian\n")
     print(spectral)
@@ -249,7 +299,8 @@ def publish(cfg: PublishConfig) -> int:
     results_dir, to = cfg.results_dir, cfg.to
     if not (results_dir / "results.json").exists():
         raise SystemExit(f"error: {results_dir} has no results.json; run the benchmark first")
-    files = [results_dir / name for name in PUBLISHED] + sorted(results_dir.glob("figure*.png"))
+    files = [results_dir / name for name in PUBLISHED if (results_dir / name).exists()]
+    files += sorted(results_dir.glob("figure*.png"))
     for f in files:
         copy_file(f, to / f.name)
     log(f"published {len(files)} files from {results_dir} to {to}")

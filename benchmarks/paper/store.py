@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import math
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import atomic_write
+from benchmarks._common import atomic_write, git_commit
 
 
 def _clean(obj: Any) -> Any:
@@ -75,3 +77,46 @@ def check_writable(directory: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise SystemExit(f"error: results directory {directory} is not writable: {exc}") from None
+
+
+# The sources whose change can change what a run trains or measures: the library and the benchmark's data,
+# models, training and evaluation. Tables, figures and the command line are not among them.
+_BENCHMARK_SOURCES = ("data.py", "train.py", "ensemble.py", "labels.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The version of the code that trains and evaluates a run.
+
+    ``hash`` (compared when a run folder is reused) is a SHA-256 over the Python sources of the installed
+    ``torchinvariance`` package and of ``benchmarks/paper/{data,train,ensemble,labels}.py``, so any change to the
+    code that produced a run, committed or not, makes the run stale; ``git_commit``, ``torchinvariance`` (the
+    package version) and ``torch`` are recorded beside it (``torch`` is compared too: kernels change numbers).
+    """
+    import torchinvariance as ti
+
+    digest = hashlib.sha256()
+    package = Path(ti.__file__).resolve().parent
+    here = Path(__file__).resolve().parent
+    files = [(f"torchinvariance/{p.relative_to(package)}", p) for p in sorted(package.rglob("*.py"))]
+    files += [(f"benchmarks/paper/{name}", here / name) for name in _BENCHMARK_SOURCES]
+    for name, path in files:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {
+        "hash": digest.hexdigest()[:16],
+        "git_commit": git_commit(),
+        "torchinvariance": ti.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def differences(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields whose recorded value differs from the wanted one: ``{field: (recorded, wanted)}``.
+
+    ``recorded=None`` (a folder from before settings were recorded) differs in every field. Values are compared
+    as JSON would store them (tuples equal lists).
+    """
+    if recorded is None:
+        return {k: (None, v) for k, v in wanted.items()}
+    clean = _clean(wanted)
+    return {k: (recorded.get(k), wanted[k]) for k in wanted if recorded.get(k) != clean[k]}

@@ -1,11 +1,27 @@
-"""Training and evaluation of one (dataset, group, model, seed) run, paper §4.1."""
+"""The training protocol of the paper's runs (§4.1), its sequential reference trainer, and the evaluation of a run.
+
+The protocol, shared by :func:`train` (one run, a plain ``nn.Module``) and
+:func:`benchmarks.paper.ensemble.train_ensemble` (many runs as one vmapped ensemble):
+
+- the model is built right after ``torch.manual_seed(seed)``;
+- Adam (``profile.lr``), mini-batches of ``profile.batch_size``;
+- every epoch, one generator per run (seeded ``DATA_SEED + seed``, on the training device) draws the epoch's data
+  order and one group element per sample at once (:func:`~benchmarks.paper.data.epoch_draws`); a step gathers its
+  augmented batch from the orbit of the training split, computed once;
+- the loss of a step is :func:`step_losses`: cross-entropy, plus ``nu`` times :class:`torchinvariance.InvarianceLoss`
+  through its single-forward path (``forward_with_logits``: ONE model call on the stacked ``[x; g_1 x; ...]``) for
+  the IR models;
+- losses are summed on the device and read once per epoch; after each epoch the validation accuracy decides
+  whether the run's best checkpoint is replaced (strictly better only).
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -14,15 +30,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import torchinvariance as ti
-from benchmarks.paper.data import NUM_CLASSES, Split, TransformingDataset, augment
-from benchmarks.paper.labels import IR_MODELS
+from benchmarks.paper.data import NUM_CLASSES, Split, TransformingDataset, epoch_draws
+from benchmarks.paper.labels import IR_MODELS, IR_VARIANTS, is_ir
 from benchmarks.paper.profiles import Profile
+from benchmarks.paper.report import paper_mean
 
 IN_SHAPE = (1, 36, 36)
 GROUPS = {
     "rotation": {"name": "rotation", "order": 4},  # R^2_4
     "translation": {"name": "translation", "order": 3, "axis": "x"},  # T^2_3
 }
+DATA_SEED = 10_000  # a run's data-order/augmentation generator is seeded DATA_SEED + its seed
+NOT_VECTORIZED = ("WT-escnn",)  # escnn modules do not run under torch.func.vmap: these train one by one
 
 
 def make_group(name: str) -> ti.Group:
@@ -39,7 +58,7 @@ class RunSpec:
 
     dataset: str
     group: str
-    model: str  # DA, WT, WT-escnn, IR-l2, IR-kl, IR-normalized_l2
+    model: str  # DA, WT, WT-escnn, IR-l2, IR-kl, IR-normalized_l2, IR-normalized_l2_detached
     seed: int
     nu: float | None = None
 
@@ -48,19 +67,50 @@ class RunSpec:
         return f"{self.dataset}_{self.group}_{self.model}_s{self.seed}"
 
     @property
-    def divergence(self) -> str | None:
-        return IR_MODELS.get(self.model)
+    def regularizer(self) -> str | None:
+        """The key of the model's nu in ``nu.json`` (``l2``, ..., ``normalized_l2_detached``); None for DA/WT."""
+        return self.model.removeprefix("IR-") if is_ir(self.model) else None
 
 
 def make_model(model: str, group: ti.Group) -> nn.Module:
     """The network of a model kind: MLP for DA/IR, weight-tied MLPs for WT."""
-    if model == "DA" or model in IR_MODELS:
+    if model == "DA" or is_ir(model):
         return ti.MLP(in_shape=IN_SHAPE, num_classes=NUM_CLASSES)
     if model == "WT":
         return ti.GroupInvariantMLP(group, in_shape=IN_SHAPE, num_classes=NUM_CLASSES, pool="max")
     if model == "WT-escnn":
         return ti.EscnnInvariantMLP(order=group.order, in_shape=IN_SHAPE, num_classes=NUM_CLASSES)
-    raise ValueError(f"unknown model kind {model!r}; expected DA, WT, WT-escnn or one of {sorted(IR_MODELS)}")
+    known = sorted([*IR_MODELS, *IR_VARIANTS])
+    raise ValueError(f"unknown model kind {model!r}; expected DA, WT, WT-escnn or one of {known}")
+
+
+def make_divergence(model: str) -> str | Callable[[Tensor, Tensor], Tensor] | None:
+    """The regularizer's divergence of a model kind: a library name, a configured library function, or None."""
+    if model in IR_MODELS:
+        return IR_MODELS[model]
+    if model in IR_VARIANTS:
+        name, options = IR_VARIANTS[model]
+        return functools.partial(getattr(ti, f"{name}_divergence"), **options)
+    return None
+
+
+def step_losses(
+    model: Callable[[Tensor], Tensor], group: ti.Group, kind: str, x: Tensor, y: Tensor, nu: Tensor
+) -> Tensor:
+    """``(total, task, regularizer)`` of one training step of one run, stacked: the one loss of the protocol.
+
+    ``total = cross_entropy(f(x), y) + nu * I_f(x)`` for the IR kinds, with :class:`torchinvariance.InvarianceLoss`
+    (the whole group, ``reduction="mean"``) through ``forward_with_logits`` (one model call on ``x`` and its
+    orbit); ``total = cross_entropy(f(x), y)`` and a regularizer of 0 otherwise. ``model`` may be a module or, in
+    an ensemble, a function of the input built with ``torch.func.functional_call`` inside ``torch.func.vmap``.
+    """
+    divergence = make_divergence(kind)
+    if divergence is None:
+        task = F.cross_entropy(model(x), y)
+        return torch.stack([task, task, torch.zeros_like(task)])
+    reg, logits = ti.InvarianceLoss(model, group, divergence=divergence).forward_with_logits(x)
+    task = F.cross_entropy(logits, y)
+    return torch.stack([task + nu * reg, task, reg])
 
 
 def batches(split: Split, batch_size: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
@@ -79,6 +129,28 @@ def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: i
     return 100.0 * correct / max(len(split), 1)
 
 
+class TrainingData:
+    """What every run of one dataset needs on the training device, computed once.
+
+    ``orbit[g, i]`` is ``g`` acting on training sample ``i`` (so a step only gathers), ``y`` the training labels,
+    ``val_x``/``val_y`` the validation split.
+    """
+
+    def __init__(self, data: TransformingDataset, device: torch.device) -> None:
+        self.group = data.group
+        self.orbit = data.group.orbit(data.train.x.to(device))  # (order, n, C, H, W)
+        self.y = data.train.y.to(device)
+        self.val_x = data.val.x.to(device)
+        self.val_y = data.val.y.to(device)
+        self.n = len(data.train)
+
+
+def check_nu(spec: RunSpec) -> None:
+    """An IR run needs a finite ``nu >= 0``; the others must not have one."""
+    if is_ir(spec.model) and (spec.nu is None or not math.isfinite(spec.nu) or spec.nu < 0):
+        raise ValueError(f"run {spec.key} needs a finite regularizer weight nu >= 0, got {spec.nu!r}")
+
+
 def train(
     spec: RunSpec,
     data: TransformingDataset,
@@ -87,55 +159,53 @@ def train(
     epochs: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Tensor], dict]:
-    """Train one run; return the best-validation-accuracy ``state_dict`` and the history.
+    """Train one run alone, the reference of the protocol (see the module docstring).
 
-    Adam (lr 8e-4), batch 512, augmentation with a uniformly drawn group element re-drawn every epoch,
-    plus ``nu * InvarianceLoss`` for IR models; model selected by the best validation accuracy.
+    The pipeline trains through :func:`benchmarks.paper.ensemble.train_ensemble`, which gives each member what
+    this function gives it; this function is the reference its tests compare against, and the trainer of the
+    kinds in :data:`NOT_VECTORIZED`.
+
+    Returns:
+        The best-validation-accuracy ``state_dict`` (on the CPU) and the history.
     """
+    check_nu(spec)
     epochs = profile.epochs if epochs is None else epochs
+    td = TrainingData(data, device)
+    group, n, bs = td.group, td.n, profile.batch_size
     torch.manual_seed(spec.seed)
-    group = data.group
     model = make_model(spec.model, group).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=profile.lr)
-    reg = None
-    if spec.divergence is not None:
-        if spec.nu is None:
-            raise ValueError(f"run {spec.key} needs a regularizer weight nu")
-        reg = ti.InvarianceLoss(model, group, divergence=spec.divergence)
-    gen = torch.Generator().manual_seed(10_000 + spec.seed)
-    n = len(data.train)
-    steps = math.ceil(n / profile.batch_size)
-    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "train_reg": [], "val_acc": []}
+    gen = torch.Generator(device=device).manual_seed(DATA_SEED + spec.seed)
+    nu = torch.tensor(spec.nu or 0.0, dtype=torch.float32, device=device)
+    steps = math.ceil(n / bs)
+    history: dict = {"epoch": [], "train_loss": [], "train_reg": [], "val_acc": []}
     best_acc, best_state, best_epoch = -1.0, None, -1
     started = time.perf_counter()
     bar = tqdm(range(epochs), desc=spec.key, leave=False, disable=not progress, unit="ep")
     for epoch in bar:
         model.train()
-        perm = torch.randperm(n, generator=gen)
-        tot_loss = tot_reg = 0.0
+        perm, els = epoch_draws(n, group.order, gen)
+        total = torch.zeros(3, device=device)
         for s in range(steps):
-            idx = perm[s * profile.batch_size : (s + 1) * profile.batch_size]
-            xb = augment(group, data.train.x[idx], gen).to(device)
-            yb = data.train.y[idx].to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            if reg is not None:
-                r = reg(xb, logits=logits)
-                loss = loss + spec.nu * r
-                tot_reg += r.item()
+            idx = slice(s * bs, (s + 1) * bs)
+            losses = step_losses(model, group, spec.model, td.orbit[els[idx], perm[idx]], td.y[perm[idx]], nu)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses[0].backward()
             opt.step()
-            tot_loss += loss.item()
-        val_acc = accuracy(model, data.val, device)
+            total += losses.detach()
+        with torch.no_grad():
+            model.eval()
+            correct = int((model(td.val_x).argmax(-1) == td.val_y).sum())
+        val_acc = 100.0 * correct / len(td.val_y)
+        loss, _, reg = (total / steps).tolist()  # the one read of the epoch
         history["epoch"].append(epoch + 1)
-        history["train_loss"].append(tot_loss / steps)
-        history["train_reg"].append(tot_reg / steps)
+        history["train_loss"].append(loss)
+        history["train_reg"].append(reg)
         history["val_acc"].append(val_acc)
         if val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch + 1
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        bar.set_postfix(loss=f"{tot_loss / steps:.3f}", val=f"{val_acc:.1f}", best=f"{best_acc:.1f}")
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.1f}", best=f"{best_acc:.1f}")
     bar.close()
     assert best_state is not None
     history.update(best_val_acc=best_acc, best_epoch=best_epoch, seconds=time.perf_counter() - started, epochs=epochs)
@@ -167,7 +237,13 @@ def evaluate(
     """Test accuracy, LI/DI over the test orbit, SI on a subset, and sigma_max of the input Jacobian."""
     group = data.group
     test = data.test.subset(profile.eval_test)
-    out: dict = {"test_acc": accuracy(model, test, device), "n_test": len(test)}
+    out: dict = {
+        "test_acc": accuracy(model, test, device),
+        "n_test": len(test),
+        # per-element values are stored as the library reports them; index of the identity among them, for the
+        # paper's convention (report.paper_mean)
+        "identity_index": list(group.elements()).index(group.identity),
+    }
     report = ti.evaluate_invariance(
         model,
         group,
@@ -198,7 +274,8 @@ def evaluate_drift(
     device: torch.device,
     progress: bool = True,
 ) -> dict:
-    """DI and accuracy on the drifted test sets ``D(beta)`` (paper §4.3)."""
+    """DI (the paper's convention, non-identity mean) and accuracy on the drifted test sets ``D(beta)`` (§4.3)."""
+    identity = list(data.group.elements()).index(data.group.identity)
     curve = []
     for beta, split in drifted.items():
         report = ti.evaluate_invariance(
@@ -209,7 +286,10 @@ def evaluate_drift(
             device=device,
             progress=False,
         ).to_dict()
-        curve.append({"beta": beta, "di": report["di"]["mean"], "acc": accuracy(model, split, device)})
+        di = report["di"]["per_element"]
+        curve.append(
+            {"beta": beta, "di": paper_mean(di, identity), "di_per_element": di, "acc": accuracy(model, split, device)}
+        )
     base = curve[0]["acc"] if curve and curve[0]["beta"] == 0.0 else None
     for point in curve:
         point["acc_ratio"] = point["acc"] / base if base else float("nan")

@@ -38,7 +38,8 @@ def test_command_line_is_parsed_once_into_a_frozen_config(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 4
     assert cfg.command == "tune" and cfg.profile is get_profile("smoke") and cfg.device == torch.device("cpu")
-    assert cfg.groups == ("rotation",) and cfg.seed == 3 and cfg.threads == 0 and cfg.progress
+    assert cfg.groups == ("rotation",) and cfg.seed == 3 and cfg.threads == cli.default_threads() and cfg.progress
+    assert not cfg.compile and not cfg.dry_run and cfg.nu_from is None and not cfg.detached
     assert cfg.results_dir == Path("results/smoke")
     # the smoke profile without --nu-config tunes into its own results folder, and `run` tunes first
     assert cfg.nu_config == Path("results/smoke/nu.json") and not cfg.tune_first
@@ -47,6 +48,14 @@ def test_command_line_is_parsed_once_into_a_frozen_config(tmp_path):
     assert cfg.profile.name == "quick" and cfg.nu_config == tune.NU_CONFIG and not cfg.tune_first
     assert cfg.results_dir == tmp_path and cfg.force and cfg.threads == 2 and not cfg.progress
     assert cfg.command_line.startswith("python -m benchmarks.paper run --results-dir")
+    # the detached normalized-L2 variant: on for the protocol profiles, off for the demo and smoke, overridable
+    assert cli.parse(["--profile", "paper"]).detached and cli.parse(["--profile", "full"]).detached
+    assert not cli.parse(["--profile", "quick"]).detached and cli.parse(["--profile", "quick", "--detached"]).detached
+    assert not cli.parse(["--profile", "paper", "--no-detached"]).detached
+    cfg = cli.parse(["--profile", "full", "--nu-from", "paper", "--compile", "--dry-run", "--threads", "auto"])
+    assert cfg.nu_from == "paper" and cfg.compile and cfg.dry_run and cfg.threads == cli.default_threads()
+    assert "unknown profile 'huge'" in _exit_message(["--nu-from", "huge", "--results-dir", str(tmp_path)])
+    assert cli.parse(["ablate-si", "--si-samples", "7"]).ablation_samples == 7
     assert cli.parse(["--nu-config", str(tmp_path / "nu.json"), "--profile", "smoke"]).nu_config == tmp_path / "nu.json"
     pub = cli.parse(["publish", "--results-dir", str(tmp_path), "--to", str(tmp_path / "pub")])
     assert pub == PublishConfig(results_dir=tmp_path, to=tmp_path / "pub")
@@ -104,32 +113,6 @@ def test_state_dict_roundtrip_weights_only(tmp_path):
     assert torch.equal(store.load_state(tmp_path / "m.pt")["w"], state["w"])
 
 
-def test_committed_nu_config_is_valid():
-    path = tune.NU_CONFIG
-    cfg = json.loads(Path(path).read_text())
-    assert cfg["format_version"] == tune.NU_FORMAT
-    values, _source = tune.load_nu(path, get_profile("quick"))
-    for g in ("rotation", "translation"):
-        for d in ("l2", "kl", "normalized_l2"):
-            assert values[g][d] > 0
-    entry = cfg["profiles"]["quick"]
-    for g in ("rotation", "translation"):
-        for d in ("l2", "kl", "normalized_l2"):
-            rows = entry["evidence"][g][d]
-            chosen = values[g][d]
-            assert any(r["nu"] == chosen for r in rows)
-            ordered = sorted(r["nu"] for r in rows)
-            assert ordered == sorted(entry["grid"])[: len(rows)]  # an ascending scan from the smallest nu
-            if entry["criterion_met"][g][d]:
-                # the chosen nu reached the target, every smaller grid value was trained and missed it
-                assert chosen == ordered[-1]
-                assert next(r for r in rows if r["nu"] == chosen)["val_si"] >= tune.SI_TARGET
-                assert all(r["val_si"] < tune.SI_TARGET for r in rows if r["nu"] < chosen)
-            else:
-                assert len(rows) == len(entry["grid"])
-                assert chosen == max(rows, key=lambda r: r["val_si"])["nu"]
-
-
 def test_writability_probe_never_follows_a_planted_symlink(tmp_path):
     """Issue 11 item 13: the probe is a fresh mkstemp file, so a symlink at any fixed name is left alone."""
     target = tmp_path / "precious.txt"
@@ -163,3 +146,20 @@ def test_negative_threads_is_a_usage_error(capsys):
         cli.parse(["--threads", "-1"])
     assert err.value.code == 2
     assert "expected a number of threads >= 1 (or 0 for torch's choice), got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse(["--threads", "many"])
+    assert "expected auto or a whole number of threads, got 'many'" in capsys.readouterr().err
+
+
+def test_default_threads_is_one_on_two_cpus_else_one_per_physical_core(monkeypatch):
+    """Issue 10 item 10: torch's 2 threads on the shared 2-core machine were 8x slower under load; auto takes 1."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert cli.default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert cli.default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(cli, "physical_cores", lambda cpus: 4)  # 8 logical CPUs on 4 cores (hyper-threads)
+    assert cli.default_threads() == 4
+    monkeypatch.setattr(cli, "physical_cores", lambda cpus: None)  # unknown topology: one per CPU
+    assert cli.default_threads() == 8
+    assert cli.physical_cores(set(range(os.cpu_count() or 1))) in (None, *range(1, (os.cpu_count() or 1) + 1))

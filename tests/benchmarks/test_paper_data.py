@@ -51,11 +51,15 @@ def test_fixed_test_transforms_are_uniform_and_applied(rot):
         assert torch.equal(rot.test.x[i], g.act(int(rot.test.elements[i]), untransformed[i]))
 
 
-def test_augment_redraws(rot):
+def test_epoch_draws_redraw_and_cover_the_group():
     gen = torch.Generator().manual_seed(0)
-    x = rot.train.x[:64]
-    a, b = D.augment(rot.group, x, gen), D.augment(rot.group, x, gen)
-    assert not torch.equal(a, b)
+    perm, els = D.epoch_draws(1000, 4, gen)
+    assert sorted(perm.tolist()) == list(range(1000))  # a permutation of the training samples
+    assert els.shape == (1000,) and set(els.tolist()) == {0, 1, 2, 3}
+    perm2, els2 = D.epoch_draws(1000, 4, gen)  # the next epoch draws anew
+    assert not torch.equal(perm, perm2) and not torch.equal(els, els2)
+    again = D.epoch_draws(1000, 4, torch.Generator().manual_seed(0))  # the same seed, the same draws
+    assert torch.equal(again[0], perm) and torch.equal(again[1], els)
 
 
 def test_drift_endpoints(rot):

@@ -1,0 +1,43 @@
+"""Table 1 and the claims in the paper's averaging convention (means over the non-identity group elements)."""
+
+import pytest
+
+from benchmarks.paper import report
+
+
+def _metrics(model, group="rotation", si=(1.0, 0.1, 0.2, 0.21), li=(0.0, 2.0, 4.0, 6.0), identity=0, acc=90.0):
+    return {
+        "spec": {"dataset": "mnist", "group": group, "model": model, "seed": 0, "nu": None},
+        "eval": {
+            "test_acc": acc,
+            "identity_index": identity,
+            "invariance": {
+                "li": {"mean": sum(li) / len(li), "per_element": list(li)},
+                "di": {"mean": sum(li) / len(li) / 10, "per_element": [v / 10 for v in li]},
+            },
+            "saliency": {"si": {"mean": sum(si) / len(si), "per_element": list(si)}},
+            "sigma_max": {"mean": 2.0},
+        },
+    }
+
+
+def test_paper_mean_leaves_out_the_identity_wherever_it_is():
+    assert report.paper_mean([1.0, 0.1, 0.2, 0.3]) == pytest.approx(0.2)
+    assert report.paper_mean([0.1, 1.0, 0.3], identity=1) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="only the identity"):
+        report.paper_mean([1.0])
+
+
+def test_table1_and_claims_use_the_paper_convention():
+    """DA's SI of 0.17 in the paper is only possible without the identity: with it, the mean is >= 1/4."""
+    n = report.run_numbers(_metrics("DA"))
+    assert n["si"] == pytest.approx(0.17) and n["li"] == pytest.approx(4.0) and n["di"] == pytest.approx(0.4)
+    with_identity = sum((1.0, 0.1, 0.2, 0.21)) / 4
+    assert with_identity >= 0.25 and n["si"] < 0.25
+    agg = report.aggregate({"a": _metrics("DA"), "b": _metrics("IR-l2", si=(1.0, 0.95, 0.96, 0.97))})
+    assert agg["rotation"]["IR-l2"]["si"]["mean"] == pytest.approx(0.96)
+    table = report.table1(agg)
+    assert report.CONVENTION in table and "| 0.17 ± 0.00 | 0.17 ± 0.04 |" in table
+    claims = {c["claim"]: c for c in report.check_claims(agg, {})}
+    si_claim = claims["R^2_4: IR's SI ≥ 0.95 and above DA's"]
+    assert si_claim["status"] == "PASS" and "SI IR=0.960, DA=0.170" in si_claim["detail"]
