@@ -24,7 +24,7 @@ from torchinvariance._checks import check_model
 from torchinvariance.actions import OutputActionLike, resolve_output_action
 from torchinvariance.groups import Group, ensure_group
 
-__all__ = ["check_batch", "frozen_buffers", "measuring", "model_output", "orbit_forward"]
+__all__ = ["check_batch", "frozen_buffers", "measuring", "model_output", "orbit_forward", "resolve_elements"]
 
 
 @contextlib.contextmanager
@@ -192,7 +192,7 @@ def orbit_forward(
     check_model(model)
     ensure_group(group)
     check_batch(group, x)
-    els = list(group.elements()) if elements is None else _check_elements(group, elements)
+    els = resolve_elements(group, elements)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     action = resolve_output_action(output_action, group)
@@ -204,7 +204,25 @@ def orbit_forward(
     return torch.stack([action(group.inverse(g), out[i]) for i, g in enumerate(els)])
 
 
-def _check_elements(group: Group, elements: Sequence[int]) -> list[int]:
+def resolve_elements(group: Group, elements: Sequence | None) -> list:
+    """The checked list of elements to use: ``elements``, or every element of a finite group when ``None``.
+
+    Raises:
+        ValueError: ``None`` for a continuous group (it cannot list its elements), an empty list, or an entry
+            that is not an element.
+        TypeError: ``elements`` is not a sequence.
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> ti.orbit.resolve_elements(ti.get_group("rotation", order=4), None)
+        [0, 1, 2, 3]
+        >>> ti.orbit.resolve_elements(ti.get_group("so2"), [-90])
+        [270.0]
+    """
+    if elements is None:
+        if not group.is_finite:
+            raise ValueError(f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles)")
+        return list(group.elements())
     if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence):
         raise TypeError(
             f"elements must be a sequence of group elements (e.g. [1, 2]) or None; got {type(elements).__name__}"

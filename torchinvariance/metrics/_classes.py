@@ -28,6 +28,7 @@ from torchinvariance.metrics._reduction import (
     orbit_update,
 )
 from torchinvariance.metrics.saliency import Backend, Padding, SaliencyConfig, saliency_terms
+from torchinvariance.orbit import resolve_elements
 
 __all__ = ["DistributionInvariance", "LogitInvariance", "SaliencyInvariance"]
 
@@ -196,16 +197,7 @@ class _BoundMetric(_OrbitTermsMetric):
         check_model(model)
         ensure_group(group)
         check_include_identity(include_identity)
-        if elements is None:
-            if not group.is_finite:
-                raise ValueError(
-                    f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles) to measure it"
-                )
-            els = list(group.elements())
-        else:
-            if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence) or len(elements) == 0:
-                raise ValueError(f"elements must be a non-empty sequence of group elements or None; got {elements!r}")
-            els = [group.check_element(g) for g in elements]
+        els = resolve_elements(group, elements)
         super().__init__([group.element_name(g) for g in els], averaged_rows(group, els, include_identity), **kwargs)
         # held, not registered: the model is neither in the metric's state_dict() nor moved by metric.to()
         object.__setattr__(self, "model", model)

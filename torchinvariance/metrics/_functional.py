@@ -25,7 +25,7 @@ from torch import Tensor
 from torchinvariance.divergences import Reduction, check_logits, check_reduction, orbit_divergence, reduce
 from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._reduction import averaged_rows, reduce_terms
-from torchinvariance.orbit import measuring, model_output, orbit_forward
+from torchinvariance.orbit import measuring, model_output, orbit_forward, resolve_elements
 
 __all__ = [
     "di_terms",
@@ -115,16 +115,11 @@ def _pair(
 ) -> tuple[Tensor, Tensor]:
     """``f(x)`` and the outputs on the requested elements (all of a finite group by default) in one forward."""
     ensure_group(group)
-    if elements is None:
-        if not group.is_finite:
-            raise ValueError(
-                f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles) to measure it"
-            )
+    els = resolve_elements(group, elements)
+    if elements is None:  # the whole orbit, identity first: f(x) is its first row
         out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size)
         return out[0], out
-    if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence) or len(elements) == 0:
-        raise ValueError(f"elements must be a non-empty sequence of group elements or None; got {elements!r}")
-    els = [group.identity, *elements]
+    els = [group.identity, *els]
     out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size, elements=els)
     return out[0], out[1:]
 

@@ -36,7 +36,7 @@ from torchinvariance.metrics._recipe import (  # noqa: F401  (re-exported for th
     _threshold,
 )
 from torchinvariance.metrics._reduction import averaged_rows, reduce_terms
-from torchinvariance.orbit import check_batch, measuring, model_output
+from torchinvariance.orbit import check_batch, measuring, model_output, resolve_elements
 
 __all__ = ["SaliencyConfig", "realign_saliency", "saliency_invariance", "saliency_map"]
 
@@ -279,14 +279,7 @@ def saliency_terms(
         )
     _check_image_batch(x, cfg)
     check_batch(group, x)
-    if elements is None:
-        if not group.is_finite:
-            raise ValueError(f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles)")
-        els = list(group.elements())
-    else:
-        if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence) or len(elements) == 0:
-            raise ValueError(f"elements must be a non-empty sequence of group elements or None; got {elements!r}")
-        els = [group.check_element(g) for g in elements]
+    els = resolve_elements(group, elements)
     first_is_identity = group.same_element(els[0], group.identity)
     rows = els if first_is_identity else [group.identity, *els]  # the reference map first, computed once
     n, b = len(rows), x.shape[0]

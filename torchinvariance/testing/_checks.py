@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchinvariance._checks import check_model
 from torchinvariance.actions import OutputActionLike, resolve_output_action
 from torchinvariance.groups import Group, ensure_group
-from torchinvariance.orbit import measuring, orbit_forward
+from torchinvariance.orbit import measuring, orbit_forward, resolve_elements
 
 __all__ = ["DEFAULT_TOLERANCES", "assert_equivariant", "assert_invariant", "equivariance_error", "invariance_error"]
 
@@ -70,14 +70,7 @@ def _measure(
             f"x must be a non-empty batch (B, ...) with more than {group.event_ndim} dims for {group!r}; "
             f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
         )
-    if elements is None:
-        els = list(group.elements())
-    else:
-        if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence):
-            raise TypeError(f"elements must be a sequence of group elements (e.g. [1, 2]) or None; got {elements!r}")
-        els = [group.check_element(g) for g in elements]
-    if not els:
-        raise ValueError("elements must not be empty")
+    els = resolve_elements(group, elements)
     action = resolve_output_action(output_action, group)
     model, x = _cast(model, x, dtype)
     with torch.no_grad(), measuring(model, eval_mode):  # one forward: x (as the identity), then every element
