@@ -40,6 +40,52 @@ class Reverse(ti.CyclicGroup):
         return x.flip(-1) if g else x
 
 
+def image_batch(b=4, c=1, h=6, w=6, seed=0, dtype=torch.float64):
+    """A seeded batch of random images ``(b, c, h, w)``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g, dtype=dtype)
+
+
+class Rows(nn.Module):
+    """Wraps a model and records the number of rows of every forward call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        return self.inner(x)
+
+
+class FakeEntryPoint:
+    """An entry point of the ``torchinvariance`` group that loads ``obj`` or raises ``exc``."""
+
+    def __init__(self, name, obj=None, exc=None):
+        self.name, self.group, self.value = name, "torchinvariance", f"fake_module_{name}"
+        self._obj, self._exc = obj, exc
+
+    def load(self):
+        if self._exc is not None:
+            raise self._exc
+        return self._obj
+
+
+class FakeDistribution:
+    """An installed distribution with the given entry points (for ``importlib.metadata.distributions``)."""
+
+    def __init__(self, name, entry_points):
+        self.metadata = {"name": name}
+        self.entry_points = entry_points
+
+
+def fake_distributions(monkeypatch, dists):
+    """Make ``importlib.metadata.distributions()`` yield ``dists`` only."""
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(dists))
+
+
 def mlp(in_features: int, classes: int = 5, hidden: int = 16, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, classes)).to(dtype)

@@ -2,23 +2,11 @@
 
 import pytest
 import torch
-from helpers import BUILTIN_GROUPS, Reverse, group_id, make_group, mlp
+from helpers import BUILTIN_GROUPS, Reverse, Rows, group_id, make_group, mlp
 
 import torchinvariance as ti
 
 F64 = torch.float64
-
-
-class Rows(torch.nn.Module):
-    """Records the number of rows of every forward call."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, []
-
-    def forward(self, x):
-        self.calls.append(x.shape[0])
-        return self.inner(x)
 
 
 @pytest.mark.parametrize("spec", BUILTIN_GROUPS, ids=group_id)

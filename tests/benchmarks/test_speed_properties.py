@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import mlp
+from helpers import Rows, mlp
 
 import torchinvariance as ti
 
@@ -19,18 +19,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.speed.timing import saved_bytes  # noqa: E402  (the benchmark's own memory measure is tested too)
 
 ORDERS = {2: ("rotation", {"order": 2}), 4: ("rotation", {"order": 4}), 8: ("dihedral", {})}
-
-
-class Rows(torch.nn.Module):
-    """Records the number of rows of every forward call."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, []
-
-    def forward(self, x):
-        self.calls.append(x.shape[0])
-        return self.inner(x)
 
 
 def _batch(b=6, size=6, seed=0, dtype=torch.float32):

@@ -5,17 +5,12 @@ import pytest
 import scipy.ndimage
 import scipy.stats
 import torch
-from helpers import BUILTIN_GROUPS, OrbitAveraged, group_id, make_group, mlp
+from helpers import BUILTIN_GROUPS, OrbitAveraged, group_id, image_batch, make_group, mlp
 from torch import nn
 
 import torchinvariance as ti
 
 F64 = torch.float64
-
-
-def _x(b=4, c=1, h=6, w=6, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, c, h, w, generator=g, dtype=dtype)
 
 
 def _orbit_logits_np(model, group, x):
@@ -34,7 +29,7 @@ def _softmax(z):
 @pytest.mark.parametrize("spec", BUILTIN_GROUPS, ids=group_id)
 def test_distribution_invariance_matches_scipy_entropy(spec):
     group = make_group(spec)
-    model, x = mlp(36, classes=5, dtype=F64, seed=3), _x(b=5, seed=1)
+    model, x = mlp(36, classes=5, dtype=F64, seed=3), image_batch(b=5, seed=1)
     logits = _orbit_logits_np(model, group, x)
     p = _softmax(logits)
     ref = np.array([[scipy.stats.entropy(p[0, b], p[i, b]) for b in range(5)] for i in range(group.order)])
@@ -53,7 +48,7 @@ def test_distribution_invariance_matches_scipy_entropy(spec):
 @pytest.mark.parametrize("spec", BUILTIN_GROUPS, ids=group_id)
 def test_logit_invariance_matches_numpy(spec):
     group = make_group(spec)
-    model, x = mlp(36, classes=4, dtype=F64, seed=5), _x(b=3, seed=2)
+    model, x = mlp(36, classes=4, dtype=F64, seed=5), image_batch(b=3, seed=2)
     logits = _orbit_logits_np(model, group, x)
     ref = 0.5 * ((logits[:1] - logits) ** 2).sum(-1)
     got = ti.logit_invariance(model, group, x, reduction="none")
@@ -68,7 +63,7 @@ def test_logit_invariance_matches_numpy(spec):
 def test_logit_invariance_any_output_shape_and_float32():
     group = ti.get_group("rotation", order=4)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh())  # (N, 2, 4, 4) feature maps
-    x = _x(b=2, dtype=torch.float32)
+    x = image_batch(b=2, dtype=torch.float32)
     with torch.no_grad():
         out = np.stack([model(group.act(g, x)).numpy() for g in group.elements()]).astype(np.float64)
         got = ti.logit_invariance(model, group, x, reduction="none")
@@ -85,8 +80,8 @@ def test_di_li_use_one_batched_forward_and_keep_graph():
         return inner(inp)
 
     group = ti.get_group("dihedral")
-    li = ti.logit_invariance(model, group, _x(b=3))
-    ti.distribution_invariance(model, group, _x(b=3))
+    li = ti.logit_invariance(model, group, image_batch(b=3))
+    ti.distribution_invariance(model, group, image_batch(b=3))
     assert calls == [24, 24]
     li.backward()  # differentiable like InvarianceLoss
     assert inner[1].weight.grad is not None
@@ -94,7 +89,7 @@ def test_di_li_use_one_batched_forward_and_keep_graph():
 
 def test_li_equals_invariance_loss():
     group = ti.get_group("rotation", order=4)
-    model, x = mlp(36, dtype=F64), _x()
+    model, x = mlp(36, dtype=F64), image_batch()
     loss = ti.InvarianceLoss(model, group, divergence="l2", reduction="none")(x)
     torch.testing.assert_close(ti.logit_invariance(model, group, x, reduction="none"), loss)
 
@@ -104,7 +99,7 @@ def test_li_equals_invariance_loss():
 def test_exactly_invariant_model_every_element(spec):
     group = make_group(spec)
     model = OrbitAveraged(mlp(36, classes=5, dtype=F64, seed=7), group).eval()
-    x = _x(b=4, seed=3)
+    x = image_batch(b=4, seed=3)
     with torch.no_grad():
         di = ti.distribution_invariance(model, group, x, reduction="none")
         li = ti.logit_invariance(model, group, x, reduction="none")
@@ -125,14 +120,17 @@ def test_exactly_invariant_model_float32_di_li():
     group = ti.get_group("dihedral")
     model = OrbitAveraged(mlp(36, classes=5, seed=7), group).eval()
     with torch.no_grad():
-        assert ti.distribution_invariance(model, group, _x(dtype=torch.float32), reduction="none").abs().max() <= 1e-6
-        assert ti.logit_invariance(model, group, _x(dtype=torch.float32), reduction="none").abs().max() <= 1e-6
+        assert (
+            ti.distribution_invariance(model, group, image_batch(dtype=torch.float32), reduction="none").abs().max()
+            <= 1e-6
+        )
+        assert ti.logit_invariance(model, group, image_batch(dtype=torch.float32), reduction="none").abs().max() <= 1e-6
 
 
 def test_exactly_invariant_model_default_n_steps():
     group = ti.get_group("dihedral")
     model = OrbitAveraged(mlp(36, classes=5, dtype=F64, seed=11), group).eval()
-    si = ti.saliency_invariance(model, group, _x(b=3, seed=4), reduction="none")  # n_steps=50
+    si = ti.saliency_invariance(model, group, image_batch(b=3, seed=4), reduction="none")  # n_steps=50
     assert si.shape == (8, 3)
     assert si.min() >= 1 - 1e-5
 
@@ -153,7 +151,7 @@ class _Quadrant(nn.Module):
 def test_quadrant_model_has_low_saliency_invariance_under_rotation():
     group = ti.get_group("rotation", order=4)
     model = _Quadrant(size=12).double()
-    x = _x(b=6, h=12, w=12, seed=5)
+    x = image_batch(b=6, h=12, w=12, seed=5)
     si = ti.saliency_invariance(model, group, x, n_steps=8, reduction="none")
     torch.testing.assert_close(si[0], torch.ones(6, dtype=F64))
     # the realigned maps of rotated inputs sit in other quadrants: (almost) no overlap

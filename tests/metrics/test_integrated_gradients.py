@@ -5,29 +5,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import mlp
+from helpers import image_batch, mlp
 from torch import nn
 
 import torchinvariance as ti
 
 F64 = torch.float64
-
-
-def _x(b=4, c=1, h=6, w=6, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, c, h, w, generator=g, dtype=dtype)
-
-
-def _orbit_logits_np(model, group, x):
-    """Reference: one separate forward per group element."""
-    with torch.no_grad():
-        return np.stack([model(group.act(g, x)).numpy() for g in group.elements()])
-
-
-def _softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------- IG backends: torch vs captum
@@ -62,7 +45,7 @@ def test_torch_ig_equals_captum_integrated_gradients(n_steps, steps_per_chunk):
 
     from torchinvariance.metrics._integrated_gradients import integrated_gradients as _integrated_gradients
 
-    model, x = _conv_classifier(seed=n_steps), _x(b=6, c=3, seed=11)
+    model, x = _conv_classifier(seed=n_steps), image_batch(b=6, c=3, seed=11)
     target = torch.tensor([0, 1, 2, 3, 2, 0])  # every class, different per sample
     ibs = None if steps_per_chunk is None else 6 * steps_per_chunk
     ref = IntegratedGradients(model).attribute(
@@ -77,7 +60,7 @@ def test_torch_ig_equals_captum_integrated_gradients(n_steps, steps_per_chunk):
 
 def test_saliency_backends_agree():
     group = ti.get_group("dihedral")
-    model, x = _conv_classifier(seed=5), _x(b=3, c=3, seed=12)
+    model, x = _conv_classifier(seed=5), image_batch(b=3, c=3, seed=12)
     for kwargs in ({}, {"internal_batch_size": 24 * 8}, {"target": 1, "threshold": 0.0, "kernel_size": 1}):
         torch.testing.assert_close(
             ti.saliency_map(model, x, **kwargs),
@@ -112,7 +95,7 @@ def test_evaluate_invariance_passes_the_backend_through(monkeypatch):
 
     monkeypatch.setattr(saliency, "integrated_gradients", spy)
     model, group = _conv_classifier(seed=6), ti.get_group("rotation", order=4)
-    data = [(_x(b=2, c=3, seed=13), torch.tensor([0, 1]))]
+    data = [(image_batch(b=2, c=3, seed=13), torch.tensor([0, 1]))]
     reports = {
         backend: ti.evaluate_invariance(model, group, data, metrics=("si",), progress=False, n_steps=6, backend=backend)
         for backend in ("torch", "captum")
@@ -142,18 +125,18 @@ def test_torch_backend_one_forward_and_one_grad_per_chunk(monkeypatch):
         return inner(x)
 
     group = ti.get_group("dihedral")
-    ti.saliency_invariance(model, group, _x(b=3), n_steps=7)
+    ti.saliency_invariance(model, group, image_batch(b=3), n_steps=7)
     assert rows == [3, 24 * 7]  # f(x) for the target, then ALL steps of the whole orbit in one forward
     assert grads == [((), 24 * 7)]  # one scalar, one backward
     rows.clear(), grads.clear()
-    ti.saliency_invariance(model, group, _x(b=3), n_steps=7, internal_batch_size=48)
+    ti.saliency_invariance(model, group, image_batch(b=3), n_steps=7, internal_batch_size=48)
     assert rows == [3, 48, 48, 48, 24]  # 2 steps of the 24 orbit rows per chunk: 2 + 2 + 2 + 1
     assert grads == [((), 48)] * 3 + [((), 24)]
 
 
 def test_torch_backend_under_no_grad_and_with_trainable_parameters():
     """Works inside ``torch.no_grad()`` and leaves the parameters' ``.grad`` untouched."""
-    model, x = _conv_classifier(seed=7), _x(b=2, c=3, seed=14)
+    model, x = _conv_classifier(seed=7), image_batch(b=2, c=3, seed=14)
     ref = ti.saliency_map(model, x, n_steps=5)
     with torch.no_grad():
         torch.testing.assert_close(ti.saliency_map(model, x, n_steps=5), ref)

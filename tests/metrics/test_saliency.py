@@ -7,29 +7,12 @@ import pytest
 import scipy.ndimage
 import scipy.stats
 import torch
-from helpers import mlp
+from helpers import image_batch, mlp
 from torch import nn
 
 import torchinvariance as ti
 
 F64 = torch.float64
-
-
-def _x(b=4, c=1, h=6, w=6, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, c, h, w, generator=g, dtype=dtype)
-
-
-def _orbit_logits_np(model, group, x):
-    """Reference: one separate forward per group element."""
-    with torch.no_grad():
-        return np.stack([model(group.act(g, x)).numpy() for g in group.elements()])
-
-
-def _softmax(z):
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 # ----------------------------------------------------------------------------- saliency map reference
@@ -51,7 +34,7 @@ def _reference_map(x, weight_rows, threshold, sigma, radius, mode):
 @pytest.mark.parametrize(("threshold", "kernel_size", "sigma"), [(0.9, 3, 1.0), (0.0, 5, 0.7), (0.5, 1, 1.0)])
 def test_saliency_map_linear_model_matches_scipy(padding, mode, threshold, kernel_size, sigma):
     model = _linear_model()
-    x = _x(b=3, c=2, seed=6)
+    x = image_batch(b=3, c=2, seed=6)
     target = torch.tensor([2, 0, 1])
     got = ti.saliency_map(
         model, x, target=target, n_steps=5, threshold=threshold, kernel_size=kernel_size, sigma=sigma, padding=padding
@@ -64,7 +47,7 @@ def test_saliency_map_linear_model_matches_scipy(padding, mode, threshold, kerne
 
 def test_saliency_map_default_target_is_prediction_and_3d_input():
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4)).double()
-    x = _x(b=5, seed=7)[:, 0]  # (B, H, W) without a channel dim
+    x = image_batch(b=5, seed=7)[:, 0]  # (B, H, W) without a channel dim
     pred = model(x).argmax(1)
     torch.testing.assert_close(ti.saliency_map(model, x, n_steps=4), ti.saliency_map(model, x, target=pred, n_steps=4))
     w = model[1].weight.detach().numpy()[pred.numpy()].reshape(5, 1, 6, 6)
@@ -75,7 +58,7 @@ def test_saliency_map_default_target_is_prediction_and_3d_input():
 def test_saliency_map_nonlinear_model_is_ig_of_target():
     """Against a hand-written Riemann-sum IG (many steps), no threshold, no blur."""
     model = mlp(36, classes=3, dtype=F64, seed=2)
-    x = _x(b=2, seed=8)
+    x = image_batch(b=2, seed=8)
     alphas = (torch.arange(2000, dtype=F64) + 0.5) / 2000
     path = (alphas.reshape(-1, 1, 1, 1, 1) * x).reshape(-1, 1, 6, 6).requires_grad_(True)
     model(path)[:, 1].sum().backward()
@@ -88,7 +71,7 @@ def test_saliency_map_nonlinear_model_is_ig_of_target():
 def test_saliency_invariance_matches_per_element_reference_with_same_target():
     group = ti.get_group("dihedral")
     model = mlp(36, classes=3, dtype=F64, seed=9)
-    x = _x(b=3, seed=9)
+    x = image_batch(b=3, seed=9)
     pred = model(x).argmax(1)
     maps = [ti.saliency_map(model, group.act(g, x), target=pred, n_steps=6) for g in group.elements()]
     aligned = np.stack([group.act(group.inverse(g), m).numpy() for g, m in zip(group.elements(), maps)])
@@ -118,19 +101,21 @@ def test_saliency_invariance_one_captum_call(monkeypatch):
 
     monkeypatch.setattr(IntegratedGradients, "attribute", spy)
     group = ti.get_group("dihedral")
-    ti.saliency_invariance(mlp(36, dtype=F64), group, _x(b=3), n_steps=7, backend="captum")
+    ti.saliency_invariance(mlp(36, dtype=F64), group, image_batch(b=3), n_steps=7, backend="captum")
     assert calls == [(24, 24 * 7, 7)]  # whole orbit, all steps in one chunk for small inputs
     calls.clear()
-    ti.saliency_invariance(mlp(36, dtype=F64), group, _x(b=3), n_steps=7, internal_batch_size=48, backend="captum")
+    ti.saliency_invariance(
+        mlp(36, dtype=F64), group, image_batch(b=3), n_steps=7, internal_batch_size=48, backend="captum"
+    )
     assert calls == [(24, 48, 7)]
     calls.clear()
-    ti.saliency_invariance(mlp(36, dtype=F64), group, _x(b=3), n_steps=7)
+    ti.saliency_invariance(mlp(36, dtype=F64), group, image_batch(b=3), n_steps=7)
     assert calls == []  # the default backend does not go through captum
 
 
 def test_chunked_integrated_gradients_equal_one_pass():
     group = ti.get_group("rotation", order=4)
-    model, x = mlp(36, dtype=F64, seed=4), _x(b=2)
+    model, x = mlp(36, dtype=F64, seed=4), image_batch(b=2)
     one_pass = ti.saliency_invariance(model, group, x, n_steps=9, reduction="none")
     chunked = ti.saliency_invariance(model, group, x, n_steps=9, internal_batch_size=8, reduction="none")
     torch.testing.assert_close(chunked, one_pass)
@@ -142,7 +127,7 @@ def test_chunked_integrated_gradients_equal_one_pass():
 def test_saliency_invariance_reductions_and_zero_maps():
     group = ti.get_group("rotation", order=4)
     model = mlp(36, dtype=F64)
-    x = _x(b=3)
+    x = image_batch(b=3)
     none = ti.saliency_invariance(model, group, x, n_steps=4, reduction="none")
     torch.testing.assert_close(none[0], torch.ones(3, dtype=F64))  # the identity: 1 for any model
     torch.testing.assert_close(ti.saliency_invariance(model, group, x, n_steps=4), none[1:].mean())
@@ -162,15 +147,15 @@ def test_errors_bad_reduction_and_group_shape():
     rot, shift = ti.get_group("rotation", order=4), ti.get_group("translation", order=3)
     for fn in (ti.distribution_invariance, ti.logit_invariance, ti.saliency_invariance):
         with pytest.raises(ValueError, match="reduction must be one of"):
-            fn(model, rot, _x(), reduction="avg")
+            fn(model, rot, image_batch(), reduction="avg")
         with pytest.raises(ValueError, match="square"):
-            fn(mlp(24, dtype=F64), rot, _x(h=6, w=4))
+            fn(mlp(24, dtype=F64), rot, image_batch(h=6, w=4))
         with pytest.raises(ValueError, match="divisible by 3"):
-            fn(mlp(24, dtype=F64), shift, _x(h=6, w=4))
+            fn(mlp(24, dtype=F64), shift, image_batch(h=6, w=4))
         with pytest.raises(ValueError, match="non-empty"):
-            fn(model, rot, _x(b=0))
+            fn(model, rot, image_batch(b=0))
         with pytest.raises(TypeError, match="Group"):
-            fn(model, "rotation", _x())
+            fn(model, "rotation", image_batch())
 
 
 def test_errors_non_finite_outputs():
@@ -195,18 +180,18 @@ def test_errors_targets_and_outputs():
     group = ti.get_group("rotation", order=4)
     for bad in (3, -1, [0, 1, 5, 0]):
         with pytest.raises(ValueError, match=r"target out of range: the model has 3 classes"):
-            ti.saliency_invariance(model, group, _x(), target=bad, n_steps=2)
+            ti.saliency_invariance(model, group, image_batch(), target=bad, n_steps=2)
         with pytest.raises(ValueError, match="target out of range"):
-            ti.saliency_map(model, _x(), target=bad, n_steps=2)
+            ti.saliency_map(model, image_batch(), target=bad, n_steps=2)
     with pytest.raises(ValueError, match="one class per sample"):
-        ti.saliency_map(model, _x(), target=[0, 1], n_steps=2)
+        ti.saliency_map(model, image_batch(), target=[0, 1], n_steps=2)
     with pytest.raises(TypeError, match="integer class"):
-        ti.saliency_map(model, _x(), target=torch.tensor([0.5] * 4), n_steps=2)
+        ti.saliency_map(model, image_batch(), target=torch.tensor([0.5] * 4), n_steps=2)
     features = nn.Sequential(nn.Conv2d(1, 2, 3))
     with pytest.raises(ValueError, match=r"logits shaped \(batch, classes\)"):
-        ti.distribution_invariance(features.double(), group, _x())
+        ti.distribution_invariance(features.double(), group, image_batch())
     with pytest.raises(ValueError, match="logits"):
-        ti.saliency_map(features.double(), _x(), n_steps=2)
+        ti.saliency_map(features.double(), image_batch(), n_steps=2)
     with pytest.raises(TypeError, match="floating point"):
         ti.saliency_map(model, torch.ones(2, 1, 6, 6, dtype=torch.long))
 
@@ -228,17 +213,17 @@ def test_errors_targets_and_outputs():
 )
 def test_errors_saliency_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ti.saliency_invariance(mlp(36, dtype=F64), ti.get_group("rotation", order=4), _x(), **kwargs)
+        ti.saliency_invariance(mlp(36, dtype=F64), ti.get_group("rotation", order=4), image_batch(), **kwargs)
 
 
 def test_missing_captum_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "captum", None)
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     with pytest.raises(ImportError, match=r"pip install torchinvariance\[saliency\]"):
-        ti.saliency_map(mlp(36, dtype=F64), _x(), n_steps=2, backend="captum")
+        ti.saliency_map(mlp(36, dtype=F64), image_batch(), n_steps=2, backend="captum")
     # the default (plain torch) saliency backend, DI and LI do not need captum
-    assert ti.saliency_map(mlp(36, dtype=F64), _x(), n_steps=2).shape == (4, 6, 6)
-    ti.logit_invariance(mlp(36, dtype=F64), ti.get_group("flip"), _x())
+    assert ti.saliency_map(mlp(36, dtype=F64), image_batch(), n_steps=2).shape == (4, 6, 6)
+    ti.logit_invariance(mlp(36, dtype=F64), ti.get_group("flip"), image_batch())
 
 
 # ----------------------------------------------------------------------------- ablation options of the recipe
@@ -260,7 +245,7 @@ def test_constant_baseline_equals_captum_with_that_baseline():
     from captum.attr import IntegratedGradients
 
     model = mlp(36, dtype=F64).eval()
-    x = _x(b=3)
+    x = image_batch(b=3)
     target = torch.tensor([0, 1, 2])
     cfg = ti.SaliencyConfig(n_steps=20, threshold=0.0, kernel_size=1, baseline=-0.4)
     ours = ti.saliency_map(model, x, target=target, config=cfg)
@@ -274,7 +259,7 @@ def test_constant_baseline_equals_captum_with_that_baseline():
 
 def test_config_replaces_the_keyword_options():
     model = mlp(36, dtype=F64).eval()
-    x = _x(b=2)
+    x = image_batch(b=2)
     cfg = ti.SaliencyConfig(n_steps=6, threshold=0.5, kernel_size=1)
     torch.testing.assert_close(
         ti.saliency_invariance(model, ROT4 := ti.get_group("rotation", order=4), x, config=cfg),
@@ -315,7 +300,7 @@ class Invert(ti.CyclicGroup):
 
 
 def test_si_of_an_exactly_invariant_model_is_one_for_groups_that_act_on_values():
-    x = _x(b=3)
+    x = image_batch(b=3)
     for group in (FlipInvert(), Invert()):
         ti.check_group(group)
         model = ti.GroupAveraged(mlp(36, dtype=F64), group).eval()
@@ -351,15 +336,15 @@ def test_blur_after_realignment_for_a_permutation_that_does_not_commute_with_the
             return x.flatten(-2)[..., pairing].reshape(x.shape) if g else x
 
     group = Shuffle()
-    ti.check_group(group, _x(b=2))
+    ti.check_group(group, image_batch(b=2))
     model = ti.GroupAveraged(mlp(36, dtype=F64), group).eval()
-    si = ti.saliency_invariance(model, group, _x(b=2), n_steps=8, reduction="none")
+    si = ti.saliency_invariance(model, group, image_batch(b=2), n_steps=8, reduction="none")
     torch.testing.assert_close(si, torch.ones_like(si), rtol=0, atol=1e-9)
 
 
 def test_si_and_di_li_with_explicit_elements_of_so2():
     so2 = ti.get_group("so2")
-    x = so2.mask_input(_x(b=2, h=12, w=12))
+    x = so2.mask_input(image_batch(b=2, h=12, w=12))
     model = mlp(144, dtype=F64).eval()
     angles = [0.0, 30.0, 90.0]
     si = ti.saliency_invariance(model, so2, x, n_steps=6, elements=angles, reduction="none")

@@ -5,27 +5,10 @@ import warnings
 
 import pytest
 import torch
-from helpers import Reverse
+from helpers import FakeDistribution, FakeEntryPoint, Reverse, fake_distributions
 
 import torchinvariance as ti
 from torchinvariance.registry import GroupRegistry
-
-
-class _FakeEntryPoint:
-    def __init__(self, name, obj=None, exc=None):
-        self.name, self.group, self.value = name, "torchinvariance", f"fake_module_{name}"
-        self._obj, self._exc = obj, exc
-
-    def load(self):
-        if self._exc is not None:
-            raise self._exc
-        return self._obj
-
-
-class _FakeDist:
-    def __init__(self, name, entry_points):
-        self.metadata = {"name": name}
-        self.entry_points = entry_points
 
 
 class _PluginModule:
@@ -33,10 +16,6 @@ class _PluginModule:
     @ti.hookimpl
     def torchinvariance_register_groups(register):
         register("reverse1d", Reverse)
-
-
-def _fake_distributions(monkeypatch, dists):
-    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(dists))
 
 
 def test_builtins_registered_through_hook():
@@ -90,7 +69,7 @@ def test_register_group_runtime():
 
 
 def test_fake_entry_point_plugin_loads(monkeypatch):
-    _fake_distributions(monkeypatch, [_FakeDist("reverse-plugin", [_FakeEntryPoint("rev", _PluginModule)])])
+    fake_distributions(monkeypatch, [FakeDistribution("reverse-plugin", [FakeEntryPoint("rev", _PluginModule)])])
     reg = GroupRegistry(autoload=True)
     group = reg.get("reverse1d")
     assert reg.provider("reverse1d") == "reverse-plugin:rev"
@@ -98,11 +77,11 @@ def test_fake_entry_point_plugin_loads(monkeypatch):
 
 
 def test_broken_plugin_warns_and_others_load(monkeypatch):
-    _fake_distributions(
+    fake_distributions(
         monkeypatch,
         [
-            _FakeDist("broken-plugin", [_FakeEntryPoint("boom", exc=ImportError("no module named nope"))]),
-            _FakeDist("reverse-plugin", [_FakeEntryPoint("rev", _PluginModule)]),
+            FakeDistribution("broken-plugin", [FakeEntryPoint("boom", exc=ImportError("no module named nope"))]),
+            FakeDistribution("reverse-plugin", [FakeEntryPoint("rev", _PluginModule)]),
         ],
     )
     reg = GroupRegistry(autoload=True)
@@ -118,7 +97,7 @@ def test_plugin_duplicate_is_skipped_with_warning(monkeypatch):
         def torchinvariance_register_groups(register):
             register("rotation", ti.Rotation)
 
-    _fake_distributions(monkeypatch, [_FakeDist("dup-plugin", [_FakeEntryPoint("dup", Dup)])])
+    fake_distributions(monkeypatch, [FakeDistribution("dup-plugin", [FakeEntryPoint("dup", Dup)])])
     reg = GroupRegistry(autoload=True)
     with pytest.warns(RuntimeWarning, match=r"dup-plugin:dup.*already registered by 'torchinvariance \(built-in\)'"):
         assert "rotation" in reg.list_groups()
@@ -126,7 +105,7 @@ def test_plugin_duplicate_is_skipped_with_warning(monkeypatch):
 
 
 def test_autoload_env_var(monkeypatch):
-    _fake_distributions(monkeypatch, [_FakeDist("reverse-plugin", [_FakeEntryPoint("rev", _PluginModule)])])
+    fake_distributions(monkeypatch, [FakeDistribution("reverse-plugin", [FakeEntryPoint("rev", _PluginModule)])])
     monkeypatch.setenv("TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert "reverse1d" not in GroupRegistry().list_groups()
     monkeypatch.setenv("TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD", "0")

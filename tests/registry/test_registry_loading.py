@@ -1,35 +1,14 @@
 """Registry loading under stress (issue 11 items 2, 3, 11): threads, interrupted loads, half-registered plugins."""
 
-import importlib.metadata
 import threading
 import time
 import warnings
 
 import pytest
-from helpers import Reverse
+from helpers import FakeDistribution, FakeEntryPoint, Reverse, fake_distributions
 
 import torchinvariance as ti
 from torchinvariance.registry import GroupRegistry
-
-
-class _EP:
-    def __init__(self, name, obj=None, exc=None):
-        self.name, self.group, self.value = name, "torchinvariance", f"fake_{name}"
-        self._obj, self._exc = obj, exc
-
-    def load(self):
-        if self._exc is not None:
-            raise self._exc
-        return self._obj
-
-
-class _Dist:
-    def __init__(self, name, eps):
-        self.metadata, self.entry_points = {"name": name}, eps
-
-
-def _install(monkeypatch, *dists):
-    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter(dists))
 
 
 def test_threads_all_see_the_fully_loaded_registry(monkeypatch):
@@ -42,7 +21,7 @@ def test_threads_all_see_the_fully_loaded_registry(monkeypatch):
             time.sleep(0.3)
             register("slow_reverse", Reverse)
 
-    _install(monkeypatch, _Dist("slow", [_EP("slow", SlowPlugin)]))
+    fake_distributions(monkeypatch, [FakeDistribution("slow", [FakeEntryPoint("slow", SlowPlugin)])])
     reg = GroupRegistry(autoload=True)
     results, errors = [], []
     barrier = threading.Barrier(8)
@@ -64,7 +43,9 @@ def test_threads_all_see_the_fully_loaded_registry(monkeypatch):
 
 def test_failed_plugin_warning_as_error_leaves_a_usable_registry(monkeypatch):
     """python -W error::RuntimeWarning with a broken plugin: the second call works and built-ins are there."""
-    _install(monkeypatch, _Dist("broken", [_EP("broken", exc=ImportError("no module named nope"))]))
+    fake_distributions(
+        monkeypatch, [FakeDistribution("broken", [FakeEntryPoint("broken", exc=ImportError("no module named nope"))])]
+    )
     reg = GroupRegistry(autoload=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -97,7 +78,7 @@ def test_interrupted_load_is_rolled_back_and_retried(monkeypatch, exc):
 
     ep = Interrupting()
     ep.name, ep.group, ep.value = "intr", "torchinvariance", "fake_intr"
-    _install(monkeypatch, _Dist("intr", [ep]))
+    fake_distributions(monkeypatch, [FakeDistribution("intr", [ep])])
     reg = GroupRegistry(autoload=True)
     with pytest.raises(exc):
         reg.list_groups()
@@ -114,7 +95,7 @@ def test_plugin_registration_is_all_or_nothing(monkeypatch):
             register("half_registered", Reverse)
             raise RuntimeError("boom after registering")
 
-    _install(monkeypatch, _Dist("half", [_EP("half", HalfPlugin)]))
+    fake_distributions(monkeypatch, [FakeDistribution("half", [FakeEntryPoint("half", HalfPlugin)])])
     reg = GroupRegistry(autoload=True)
     with pytest.warns(RuntimeWarning, match="none of its groups were registered.*boom"):
         names = reg.list_groups()
