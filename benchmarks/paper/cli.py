@@ -28,6 +28,7 @@ from benchmarks.paper import data as D
 from benchmarks.paper.config import PublishConfig, RunConfig
 from benchmarks.paper.profiles import PROFILES, get_profile
 from benchmarks.paper.train import GROUPS
+from benchmarks.paper.workers import default_workers
 
 
 def physical_cores(cpus: set[int]) -> int | None:
@@ -71,6 +72,11 @@ def _threads(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number of threads >= 1 (or 0 for torch's choice), got {value}")
     return value
+
+
+def _workers(text: str) -> int | str:
+    """argparse type: ``auto`` (resolved once the device is known) or an int >= 1."""
+    return text if text == "auto" else _positive_int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -149,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads: auto (default: 1 on <= 2 CPUs, else one per physical core), "
         "a number >= 1, or 0 for torch's choice",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default="auto",
+        help="processes training and evaluating independent runs at once, one torch thread each: auto (default: "
+        "the usable CPUs on a CPU, 1 on a GPU, where runs train as vmapped ensembles) or a number >= 1",
+    )
+    p.add_argument(
+        "--search",
+        choices=("adaptive", "grid"),
+        default="adaptive",
+        help="tune: bisect the nu grid (adaptive, default: about 4 of 9 values per regularizer) or train all of it",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--to", default="docs/results/quick", help="publish: destination folder")
     return p
@@ -208,6 +227,8 @@ def parse(argv: list[str] | None = None) -> RunConfig | PublishConfig:
         dry_run=args.dry_run,
         ablation_samples=args.si_samples,
         threads=args.threads,
+        workers=default_workers(device) if args.workers == "auto" else args.workers,
+        search=args.search,
         progress=args.progress,
         command_line=" ".join(["python -m benchmarks.paper", *argv]),
     )

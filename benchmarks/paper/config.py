@@ -35,7 +35,9 @@ class RunConfig:
         max_members: train at most this many runs per ensemble (``None``: every run of a (group, model kind) in one).
         dry_run: print the plan and the time estimates of ``tune`` and ``run``, train nothing.
         ablation_samples: test samples of the SI-recipe ablation (``None``: the profile's ``eval_si``).
-        threads: torch CPU threads (0: torch's own choice).
+        threads: torch CPU threads of this process (0: torch's own choice); each worker process runs one.
+        workers: processes that train and evaluate independent runs at once (:mod:`benchmarks.paper.workers`).
+        search: ``adaptive`` (the bisection of :func:`benchmarks.paper.tune.search_next`) or ``grid`` (every value).
         progress: show progress bars.
         command_line: the command as typed, recorded in the outputs.
     """
@@ -57,6 +59,8 @@ class RunConfig:
     dry_run: bool = False
     ablation_samples: int | None = None
     threads: int = 1
+    workers: int = 1
+    search: Literal["adaptive", "grid"] = "adaptive"
     progress: bool = True
     command_line: str = "python -m benchmarks.paper"
 

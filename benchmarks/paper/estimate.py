@@ -51,8 +51,18 @@ class Work:
 class Estimator:
     """Measures step and evaluation times once per shape and adds up :class:`Work` items."""
 
-    def __init__(self, datasets: dict, profile: Profile, device: torch.device, max_members: int | None = None) -> None:
+    def __init__(
+        self,
+        datasets: dict,
+        profile: Profile,
+        device: torch.device,
+        max_members: int | None = None,
+        workers: int = 1,
+    ) -> None:
         self.datasets, self.profile, self.device, self.max_members = datasets, profile, device, max_members
+        self.workers = workers
+        # a CPU (or a pool of workers) trains each run alone (train.train); one GPU worker trains ensembles
+        self.sequential = device.type == "cpu" or workers > 1
         self._td: dict[str, TrainingData] = {}
         self._epoch: dict[tuple[str, str, int], float] = {}
         self._eval: dict[tuple[str, str], dict[str, float]] = {}
@@ -69,7 +79,7 @@ class Estimator:
             td = self._training_data(group)
             nu = 1.0 if is_ir(kind) else None
             specs = [RunSpec("mnist", group, kind, seed, nu) for seed in range(members)]
-            if kind in NOT_VECTORIZED:
+            if kind in NOT_VECTORIZED or self.sequential:
                 self._epoch[key] = members * self._sequential_epoch(specs[0], td)
             else:
                 ens = Ensemble(specs, td, self.profile, self.device)
@@ -139,7 +149,8 @@ class Estimator:
         return self._eval[key]
 
     def seconds(self, work: Iterable[Work]) -> dict[str, float]:
-        """``{"train": s, "evaluate": s}`` for the work items."""
+        """``{"train": s, "evaluate": s}`` for the work items: wall time, the summed time of the runs divided by the
+        number of workers (independent runs share the workers evenly; each worker times as one measured here)."""
         p = self.profile
         n_test = p.eval_test or p.sizes[1]
         train = evaluate = 0.0
@@ -156,13 +167,16 @@ class Estimator:
                 if w.drift:
                     per_run += c["forward"] * p.drift_n * DRIFT_LEVELS
                 evaluate += w.runs_to_evaluate * per_run + w.points_to_measure * c["si"] * p.tune_si
-        return {"train": train, "evaluate": evaluate}
+        return {"train": train / self.workers, "evaluate": evaluate / self.workers}
 
 
-def describe(label: str, secs: dict[str, float], device: torch.device) -> str:
+def describe(label: str, secs: dict[str, float], device: torch.device, workers: int = 1) -> str:
     """One log line: the estimate and its parts."""
     total = secs["train"] + secs["evaluate"]
-    where = f"{device}" + (f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
+    if workers > 1:
+        where = f"{device}, {workers} workers of 1 thread"
+    else:
+        where = f"{device}" + (f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else "")
     return (
         f"estimated {label}: {total / 60:.1f} min on this machine ({where}): training {secs['train'] / 60:.1f} min, "
         f"evaluation {secs['evaluate'] / 60:.1f} min (extrapolated from timed steps and samples)"

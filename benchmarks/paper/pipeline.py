@@ -21,7 +21,7 @@ from benchmarks.paper.config import PublishConfig, RunConfig
 from benchmarks.paper.estimate import Estimator, Work, describe
 from benchmarks.paper.labels import is_ir
 from benchmarks.paper.profiles import Profile
-from benchmarks.paper.runs import METRICS_FILE, RunStore, ensembles, eval_settings, load_trained
+from benchmarks.paper.runs import METRICS_FILE, RunStore, eval_settings, load_trained
 from benchmarks.paper.store import check_writable, copy_file, write_json, write_text
 from benchmarks.paper.train import RunSpec, evaluate, evaluate_drift, make_group
 from benchmarks.paper.tune import load_nu, regularizers, sweep_specs, sweep_work, tune, tune_seed
@@ -79,29 +79,36 @@ def _work(specs: list[RunSpec], train: set[RunSpec], evaluate: set[RunSpec]) -> 
 
 
 def dry_run(cfg: RunConfig, datasets: dict) -> int:
-    """Print the plan and the measured estimate of ``tune`` and then ``run`` into a fresh results folder."""
+    """Print the plan and the measured estimate of ``tune`` and then ``run`` into a fresh results folder, with the
+    command's workers and, for comparison, with one."""
     placeholder = {g: dict.fromkeys(regularizers(cfg.detached), 1.0) for g in cfg.groups}
     specs = plan(cfg.profile, cfg.groups, placeholder, have_escnn(), cfg.seed, cfg.detached)
     refs, points = sweep_specs(cfg)
-    est = Estimator(datasets, cfg.profile, cfg.device, cfg.max_members)
-    tune_secs = est.seconds(sweep_work(refs, points, set(refs + points)))
+    adaptive = cfg.search == "adaptive"
+    tune_work = sweep_work(refs, points, set(refs + points), adaptive=adaptive)
     # run after tune: the DA reference and one grid point per IR model are the first seed's runs, reused
     first = tune_seed(cfg)
     reused = {s for s in specs if s.seed == first and (s.model == "DA" or is_ir(s.model))}
-    run_secs = est.seconds(_work(specs, set(specs) - reused, set(specs)))
-    n_tune = len(ensembles([(s, None) for s in refs + points], cfg.max_members))
-    n_run = len(ensembles([(s, None) for s in specs if s not in reused], cfg.max_members))
+    n_points = sum(w.points_to_measure for w in tune_work)
+    search = "bisection, at most" if adaptive else "the whole grid:"
     log(
-        f"plan: tune trains {len(refs)} DA reference(s) and {len(points)} grid points as {n_tune} ensembles "
+        f"plan: tune trains {len(refs)} DA reference(s) and ({search}) {n_points} of {len(points)} grid points "
         f"({cfg.profile.epochs} epochs each)"
     )
-    log(f"plan: run trains {len(specs) - len(reused)} runs as {n_run} ensembles, evaluates {len(specs)}")
-    log(describe(f"tune --profile {cfg.profile.name}", tune_secs, cfg.device))
-    log(describe(f"run --profile {cfg.profile.name} after that tune", run_secs, cfg.device))
-    total = {k: tune_secs[k] + run_secs[k] for k in tune_secs}
-    log(describe("tune + run", total, cfg.device))
-    alone = est.seconds(_work(specs, set(specs), set(specs)))
-    log(describe(f"run --profile {cfg.profile.name} alone (committed nu, no tune points to reuse)", alone, cfg.device))
+    log(f"plan: run trains {len(specs) - len(reused)} runs after that tune, evaluates {len(specs)}")
+    for workers in dict.fromkeys((cfg.workers, 1)):
+        est = Estimator(datasets, cfg.profile, cfg.device, cfg.max_members, workers=workers)
+        tune_secs = est.seconds(tune_work)
+        run_secs = est.seconds(_work(specs, set(specs) - reused, set(specs)))
+        alone = est.seconds(_work(specs, set(specs), set(specs)))
+        log(describe(f"tune --profile {cfg.profile.name}", tune_secs, cfg.device, workers))
+        log(describe(f"run --profile {cfg.profile.name} after that tune", run_secs, cfg.device, workers))
+        total = {k: tune_secs[k] + run_secs[k] for k in tune_secs}
+        log(describe("tune + run", total, cfg.device, workers))
+        label = f"run --profile {cfg.profile.name} alone (committed nu, no tune points to reuse)"
+        log(describe(label, alone, cfg.device, workers))
+    if cfg.device.type == "cpu":
+        log("no GPU on this machine: the estimate for one is measured by `--dry-run --device cuda` where there is one")
     return 0
 
 
@@ -172,24 +179,45 @@ def prepare(cfg: RunConfig) -> dict:
     return build_datasets(cfg)
 
 
-def make_store(cfg: RunConfig) -> RunStore:
-    """The run folders of ``cfg.results_dir`` under the command's ``--force`` and ``--compile``."""
+def make_store(cfg: RunConfig, worker: bool = False) -> RunStore:
+    """The run folders of ``cfg.results_dir`` under the command's ``--force`` and ``--compile``.
+
+    A worker process's store never applies ``--force`` itself: the command decides what to retrain, and the
+    worker trains and measures what it is sent.
+    """
     return RunStore(
         cfg.results_dir,
         cfg.device,
-        force=cfg.force,
+        force=cfg.force and not worker,
         compile=cfg.compile,
         max_members=cfg.max_members,
         progress=cfg.progress,
     )
 
 
+def drift_sets(cfg: RunConfig, datasets: dict, group: str) -> dict:
+    """The drifted test sets ``D(beta)`` of ``group`` (Figure 4), one per level of :data:`BETAS`."""
+    fm_images, fm_labels = datasets["fmnist_test"]
+    data = datasets[("mnist", group)]
+    return {b: D.drifted_test(data, fm_images, fm_labels, b, n=cfg.profile.drift_n) for b in BETAS}
+
+
 def run(cfg: RunConfig, datasets: dict, store: RunStore | None = None) -> int:
     """The ``run`` sub-command on prepared datasets: (tune first if asked), every run, then the summary."""
+    from benchmarks.paper.workers import make_pool
+
     store = store or make_store(cfg)
+    pool = make_pool(cfg, datasets, store)
+    try:
+        return _run(cfg, datasets, store, pool)
+    finally:
+        pool.close()
+
+
+def _run(cfg: RunConfig, datasets: dict, store: RunStore, pool) -> int:
     profile = cfg.profile
     if cfg.tune_first:
-        tune(cfg, datasets, store)
+        tune(cfg, datasets, store, pool=pool)
     nu, nu_source = load_nu(cfg.nu_config, profile, cfg.nu_from, needed=regularizers(cfg.detached))
     log(f"nu values from {nu_source}: {nu}")
     escnn = have_escnn()
@@ -206,22 +234,16 @@ def run(cfg: RunConfig, datasets: dict, store: RunStore | None = None) -> int:
         for s in specs
         if store.evaluation(store.run_dir(s), METRICS_FILE, eval_settings(profile, *EVAL_FIELDS), quiet=True) is None
     }
-    secs = Estimator(datasets, profile, cfg.device, cfg.max_members).seconds(
+    secs = Estimator(datasets, profile, cfg.device, cfg.max_members, workers=pool.workers).seconds(
         _work(specs, {s for s, _ in todo}, to_eval)
     )
     log(f"{len(specs)} runs: {len(todo)} to train, {len(to_eval)} to evaluate")
-    log(describe(f"run --profile {profile.name}", secs, cfg.device))
+    log(describe(f"run --profile {profile.name}", secs, cfg.device, pool.workers))
 
-    fm_images, fm_labels = datasets["fmnist_test"]
-    drift_sets = {
-        g: {b: D.drifted_test(datasets[("mnist", g)], fm_images, fm_labels, b, n=profile.drift_n) for b in BETAS}
-        for g in cfg.groups
-    }
     started = time.perf_counter()
-    store.train(todo, datasets, profile)
-    runs = {}
-    for spec in specs:
-        runs[spec.key] = evaluate_run(spec, datasets[(spec.dataset, spec.group)], cfg, store, drift_sets[spec.group])
+    store.train(todo, datasets, profile, pool=pool)
+    futures = {spec.key: pool.submit("evaluate", spec) for spec in specs}
+    runs = {key: future.result() for key, future in futures.items()}
     log(f"all runs finished in {(time.perf_counter() - started) / 60:.1f} min")
     return summarize(cfg, datasets, runs, nu, nu_source, store, skipped)
 

@@ -32,6 +32,7 @@ MODEL_FILE = "model.pt"
 TRAIN_FILE = "train.json"
 METRICS_FILE = "metrics.json"
 POINT_FILE = "point.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # the training state of a run in progress (train.train(checkpoint=...))
 
 
 def train_settings(spec: RunSpec, profile: Profile) -> dict[str, Any]:
@@ -156,9 +157,26 @@ class RunStore:
         self.retrained.add(dst)
         log(f"reuse {src.name} for {dst.name}: the same run (all training settings equal)")
 
-    def train(self, todo: Sequence[tuple[RunSpec, Path]], datasets: dict, profile: Profile, what: str = "runs") -> None:
-        """Train ``todo`` as one ensemble per (dataset, group, model kind) (split into ensembles of at most
-        ``max_members``), saving every member as soon as its ensemble finishes."""
+    def train(
+        self,
+        todo: Sequence[tuple[RunSpec, Path]],
+        datasets: dict,
+        profile: Profile,
+        what: str = "runs",
+        pool: Any = None,
+    ) -> None:
+        """Train ``todo``, saving every run as soon as it finishes.
+
+        On a CPU (or with a ``pool`` of several workers) each run trains alone, resumable from its checkpoint
+        (:meth:`train_one`), on the :mod:`~benchmarks.paper.workers` pool when one is given; otherwise (a GPU, one
+        worker) as one vmapped ensemble per (dataset, group, model kind), cut into ensembles of at most
+        ``max_members``.
+        """
+        if not todo:
+            return
+        if self.device.type == "cpu" or (pool is not None and pool.workers > 1):
+            self._train_each(todo, datasets, profile, what, pool)
+            return
         for (dataset, group, kind), members in ensembles(todo, self.max_members):
             for _, folder in members:
                 _clear(folder)
@@ -174,6 +192,55 @@ class RunStore:
                 f"trained {dataset}/{group}/{kind} x{len(specs)} in {seconds:.0f}s; best epochs "
                 + ", ".join(f"{r[1]['best_epoch']}/{r[1]['epochs']}" for r in results)
             )
+
+    def _train_each(self, todo, datasets, profile, what, pool) -> None:
+        log(f"train {what}: {len(todo)} run(s) on {pool.workers if pool else 1} worker(s)")
+        if pool is None:
+            for spec, folder in todo:
+                self.train_one(spec, self.prepare(folder), datasets, profile)
+            return
+        futures = [(folder, pool.submit("train", spec, self.prepare(folder))) for spec, folder in todo]
+        for folder, future in futures:
+            future.result()
+            self.fresh.add(folder)
+            self.retrained.add(folder)
+
+    def prepare(self, folder: Path) -> Path:
+        """Ready ``folder`` for training: its records go (a crash then leaves it absent, never half-stale); its
+        training checkpoint stays, to resume from, unless ``--force`` asked to retrain everything."""
+        _clear(folder)
+        if self.force:
+            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+        return folder
+
+    def train_one(
+        self, spec: RunSpec, folder: Path, datasets: dict, profile: Profile, position: int | None = None
+    ) -> dict:
+        """Train one run alone into ``folder``, resuming from ``folder/checkpoint.pt`` when it holds this run's
+        state; the checkpoint is removed once ``model.pt`` and ``train.json`` are written. Returns the history."""
+        from benchmarks.paper.train import train
+
+        _clear(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt = folder / CHECKPOINT_FILE
+        resumed = ckpt.exists()
+        state, history = train(
+            spec,
+            datasets[(spec.dataset, spec.group)],
+            profile,
+            self.device,
+            progress=self.progress,
+            checkpoint=ckpt,
+            position=position,
+        )
+        self.save(folder, spec, profile, state, history)
+        ckpt.unlink(missing_ok=True)
+        note = " (resumed from its checkpoint)" if resumed else ""
+        log(
+            f"trained {spec.key}{f' nu={spec.nu:g}' if spec.nu is not None else ''} in {history['seconds']:.0f}s"
+            f"{note}; best epoch {history['best_epoch']}/{history['epochs']}, val acc {history['best_val_acc']:.2f}%"
+        )
+        return history
 
     def save(self, folder: Path, spec: RunSpec, profile: Profile, state: dict, history: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from benchmarks.paper.data import NUM_CLASSES, Split, TransformingDataset, epoch
 from benchmarks.paper.labels import IR_MODELS, IR_VARIANTS, is_ir
 from benchmarks.paper.profiles import Profile
 from benchmarks.paper.report import paper_mean
+from benchmarks.paper.store import code_version, save_state
 
 IN_SHAPE = (1, 36, 36)
 GROUPS = {
@@ -42,6 +44,7 @@ GROUPS = {
 }
 DATA_SEED = 10_000  # a run's data-order/augmentation generator is seeded DATA_SEED + its seed
 NOT_VECTORIZED = ("WT-escnn",)  # escnn modules do not run under torch.func.vmap: these train one by one
+CHECKPOINT_EVERY = 5  # epochs between the training checkpoints of a resumable run (train(checkpoint=...))
 
 
 def make_group(name: str) -> ti.Group:
@@ -151,6 +154,35 @@ def check_nu(spec: RunSpec) -> None:
         raise ValueError(f"run {spec.key} needs a finite regularizer weight nu >= 0, got {spec.nu!r}")
 
 
+def checkpoint_settings(spec: RunSpec, profile: Profile, epochs: int) -> dict:
+    """What a training checkpoint must have been made under to be resumed: the run and its protocol."""
+    return {
+        "key": spec.key,
+        "model": spec.model,
+        "seed": spec.seed,
+        "nu": spec.nu,
+        "epochs": epochs,
+        "sizes": list(profile.sizes),
+        "lr": profile.lr,
+        "batch_size": profile.batch_size,
+        "torch": torch.__version__,
+        "code": code_version()["hash"],
+    }
+
+
+def _load_checkpoint(path: Path | None, wanted: dict) -> dict | None:
+    """The checkpoint at ``path`` if it was made under ``wanted`` (else None: the run starts over)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign file: start over rather than trust it
+        return None
+    if not isinstance(state, dict) or state.get("settings") != wanted:
+        return None
+    return state
+
+
 def train(
     spec: RunSpec,
     data: TransformingDataset,
@@ -158,18 +190,35 @@ def train(
     device: torch.device,
     epochs: int | None = None,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    on_epoch: Callable[[int], None] | None = None,
+    position: int | None = None,
 ) -> tuple[dict[str, Tensor], dict]:
     """Train one run alone, the reference of the protocol (see the module docstring).
 
-    The pipeline trains through :func:`benchmarks.paper.ensemble.train_ensemble`, which gives each member what
-    this function gives it; this function is the reference its tests compare against, and the trainer of the
-    kinds in :data:`NOT_VECTORIZED`.
+    The GPU path trains through :func:`benchmarks.paper.ensemble.train_ensemble`, which gives each member what
+    this function gives it; this function is the reference its tests compare against, the trainer of the kinds
+    in :data:`NOT_VECTORIZED`, and what each worker process runs on a CPU (:mod:`benchmarks.paper.workers`).
+
+    Resuming: with ``checkpoint`` (a file path), the whole training state (model, Adam, the data generator, the
+    best checkpoint so far, the history) is written there atomically every ``checkpoint_every`` epochs and after
+    the last one. A later call with the same path and the same run and protocol
+    (:func:`checkpoint_settings`) continues from it, and ends with exactly what an uninterrupted call returns
+    (the same parameters bit for bit, the same history but for the wall time); a checkpoint made under other
+    settings, or unreadable, is ignored and the run starts over.
+
+    Args:
+        on_epoch: called with the number of finished epochs after each epoch (and its checkpoint, if due).
+        position: the line of the progress bar (one per worker process).
 
     Returns:
         The best-validation-accuracy ``state_dict`` (on the CPU) and the history.
     """
     check_nu(spec)
     epochs = profile.epochs if epochs is None else epochs
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 epoch, got {checkpoint_every!r}")
     td = TrainingData(data, device)
     group, n, bs = td.group, td.n, profile.batch_size
     torch.manual_seed(spec.seed)
@@ -180,8 +229,26 @@ def train(
     steps = math.ceil(n / bs)
     history: dict = {"epoch": [], "train_loss": [], "train_reg": [], "val_acc": []}
     best_acc, best_state, best_epoch = -1.0, None, -1
+    first, spent = 0, 0.0
+    wanted = checkpoint_settings(spec, profile, epochs)
+    resumed = _load_checkpoint(checkpoint, wanted)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        gen.set_state(resumed["generator"])
+        history, best_acc, best_epoch = resumed["history"], resumed["best_acc"], resumed["best_epoch"]
+        best_state, first, spent = resumed["best_state"], resumed["epoch"], resumed["seconds"]
     started = time.perf_counter()
-    bar = tqdm(range(epochs), desc=spec.key, leave=False, disable=not progress, unit="ep")
+    bar = tqdm(
+        range(first, epochs),
+        desc=spec.key,
+        leave=False,
+        disable=not progress,
+        unit="ep",
+        initial=first,
+        total=epochs,
+        position=position,
+    )
     for epoch in bar:
         model.train()
         perm, els = epoch_draws(n, group.order, gen)
@@ -206,9 +273,28 @@ def train(
             best_acc, best_epoch = val_acc, epoch + 1
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.1f}", best=f"{best_acc:.1f}")
+        done = epoch + 1
+        if checkpoint is not None and (done % checkpoint_every == 0 or done == epochs):
+            state = {
+                "settings": wanted,
+                "epoch": done,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": gen.get_state(),
+                "history": history,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "seconds": spent + time.perf_counter() - started,
+            }
+            save_state(checkpoint, state)
+        if on_epoch is not None:
+            on_epoch(done)
     bar.close()
     assert best_state is not None
-    history.update(best_val_acc=best_acc, best_epoch=best_epoch, seconds=time.perf_counter() - started, epochs=epochs)
+    seconds = spent + time.perf_counter() - started
+    history = dict(history)
+    history.update(best_val_acc=best_acc, best_epoch=best_epoch, seconds=seconds, epochs=epochs)
     return best_state, history
 
 

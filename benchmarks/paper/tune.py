@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 import torchinvariance as ti
 from benchmarks._common import log, machine_info
 from benchmarks.paper.config import RunConfig
@@ -26,7 +28,7 @@ from benchmarks.paper.estimate import Estimator, Work, describe
 from benchmarks.paper.labels import DETACHED, DIVERGENCES
 from benchmarks.paper.profiles import Profile
 from benchmarks.paper.report import paper_mean
-from benchmarks.paper.runs import POINT_FILE, RunStore, eval_settings, load_trained
+from benchmarks.paper.runs import POINT_FILE, Mismatch, RunStore, eval_settings, load_trained
 from benchmarks.paper.store import read_json, write_json
 from benchmarks.paper.train import RunSpec, batches
 
@@ -104,6 +106,90 @@ def choose_nu(
         "reason": f"no value above the guard {floor:.2f}% reached SI {si_target}; the highest val SI among them is "
         f"{p['val_si']:.3f}",
     }
+
+
+# ---------------------------------------------------------------------------------------------- the search
+
+SEARCH = {
+    "name": "bisection",
+    "assumption": (
+        "validation SI does not fall and validation accuracy does not rise as nu grows along the grid, so the grid "
+        "splits into a prefix of points that keep the guard without reaching the SI target and a suffix of points "
+        "that reach the target or fall below the guard; the rule's choice is the first point of the suffix if it "
+        "keeps the guard, else the last point of the prefix"
+    ),
+    "check": (
+        "every trained point is compared with every other: a kept point with a lower SI than a kept point at a "
+        "smaller nu, or a point above the guard at a larger nu than one below it, contradicts the assumption, and "
+        "the search then trains the whole grid and applies the rule to all of it"
+    ),
+}
+
+
+def _stops(row: dict, floor: float) -> bool:
+    """The bisection's predicate: the point reaches the SI target or falls below the guard (or has no SI)."""
+    return row["val_acc"] < floor or not math.isfinite(row["val_si"]) or row["val_si"] >= SI_TARGET
+
+
+def violations(rows: Sequence[dict], floor: float) -> list[str]:
+    """Where the trained points contradict :data:`SEARCH`'s assumption, in words (empty: consistent)."""
+    rows = sorted(rows, key=lambda r: r["nu"])
+    out = []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            kept_a, kept_b = a["val_acc"] >= floor, b["val_acc"] >= floor
+            if kept_a and kept_b and math.isfinite(a["val_si"]) and b["val_si"] < a["val_si"]:
+                out.append(f"SI falls from {a['val_si']:.3f} at nu={a['nu']:g} to {b['val_si']:.3f} at nu={b['nu']:g}")
+            if not kept_a and kept_b:
+                out.append(
+                    f"accuracy is below the guard at nu={a['nu']:g} ({a['val_acc']:.2f}%) and above it at "
+                    f"nu={b['nu']:g} ({b['val_acc']:.2f}%)"
+                )
+    return out
+
+
+def search_next(grid: Sequence[float], rows: Sequence[dict], floor: float | None) -> tuple[list[float], dict]:
+    """The grid values the guarded rule still needs, given the points trained so far.
+
+    Bisection over the sorted grid on :func:`_stops` (about ``log2(len(grid) + 1)`` points); where the trained
+    points contradict the monotonicity it relies on (:func:`violations`), every untrained grid value. Before the
+    DA reference is known (``floor`` None) only the first midpoint can be named.
+
+    Returns:
+        ``(values to train next, status)``; the search is finished when the list is empty and ``status["done"]``.
+    """
+    grid = sorted(float(v) for v in grid)
+    have = {float(r["nu"]): r for r in rows}
+    untrained = [v for v in grid if v not in have]
+    if floor is None:
+        first = grid[(len(grid) - 1) // 2]
+        return ([first] if not have else []), {"done": False, "widened": False, "violations": []}
+    found = violations(list(have.values()), floor)
+    if found:
+        return untrained, {"done": not untrained, "widened": True, "violations": found}
+    lo, hi = -1, len(grid)
+    for i, v in enumerate(grid):
+        if v in have:
+            if _stops(have[v], floor):
+                hi = min(hi, i)
+            else:
+                lo = max(lo, i)
+    if hi - lo <= 1:
+        return [], {"done": True, "widened": False, "violations": []}
+    return [grid[(lo + hi) // 2]], {"done": False, "widened": False, "violations": []}
+
+
+def simulate_search(points: Sequence[dict], da_val_acc: float) -> tuple[dict, list[float]]:
+    """The adaptive search run against recorded full-grid evidence: its choice and the values it would train."""
+    by_nu = {float(p["nu"]): p for p in points}
+    trained: list[dict] = []
+    floor = da_val_acc - GUARD_POINTS
+    while True:
+        nxt, _ = search_next(sorted(by_nu), trained, floor)
+        if not nxt:
+            break
+        trained += [by_nu[v] for v in nxt]
+    return choose_nu(trained, da_val_acc), [p["nu"] for p in trained]
 
 
 # ---------------------------------------------------------------------------------------------- nu.json
@@ -204,13 +290,22 @@ def sweep_specs(cfg: RunConfig) -> tuple[list[RunSpec], list[RunSpec]]:
     return refs, points
 
 
-def sweep_work(refs: Sequence[RunSpec], points: Sequence[RunSpec], todo: set[RunSpec]) -> list[Work]:
+def bisection_points(n: int) -> int:
+    """The most grid values the bisection trains on a grid of ``n`` when the evidence is monotone."""
+    return min(n, math.ceil(math.log2(n + 1)))
+
+
+def sweep_work(
+    refs: Sequence[RunSpec], points: Sequence[RunSpec], todo: set[RunSpec], adaptive: bool = False
+) -> list[Work]:
     """The sweep's work for the estimate: the references and grid points in ``todo`` to train, and the validation SI
-    of every grid point (an upper bound when some measurements are cached)."""
+    of every grid point (an upper bound when some measurements are cached). With ``adaptive``, each (group,
+    regularizer) trains at most :func:`bisection_points` of its grid (the search without widening)."""
     work = [Work(s.group, s.model, members=1) for s in refs if s in todo]
     for g, kind in dict.fromkeys((p.group, p.model) for p in points):
         mine = [p for p in points if (p.group, p.model) == (g, kind)]
-        work.append(Work(g, kind, members=sum(p in todo for p in mine), points_to_measure=len(mine)))
+        n = bisection_points(len(mine)) if adaptive else len(mine)
+        work.append(Work(g, kind, members=min(n, sum(p in todo for p in mine)), points_to_measure=n))
     return work
 
 
@@ -243,52 +338,10 @@ def measure_point(store: RunStore, cfg: RunConfig, data, spec: RunSpec) -> dict:
     return point
 
 
-def tune(cfg: RunConfig, datasets: dict, store: RunStore) -> Path:
-    """Run the sweep and write the profile's section of ``cfg.nu_config`` (other sections are kept)."""
+def section_settings(cfg: RunConfig) -> dict:
+    """The settings a ``nu.json`` section was tuned under; its evidence is reused only when they all match."""
     profile = cfg.profile
-    started = time.perf_counter()
-    refs, points = sweep_specs(cfg)
-    ref_todo, bad = store.plan([(s, store.run_dir(s)) for s in refs], profile)
-    point_todo, bad2 = store.plan([(s, store.point_dir(s)) for s in points], profile)
-    store.refuse(bad + bad2, "tune")
-    todo = {s for s, _ in ref_todo + point_todo}
-    secs = Estimator(datasets, profile, cfg.device, store.max_members).seconds(sweep_work(refs, points, todo))
-    log(f"tune: {len(todo)} of {len(refs) + len(points)} models to train")
-    log(describe(f"tune --profile {profile.name}", secs, cfg.device))
-    store.train(ref_todo, datasets, profile, what="DA reference")
-    store.train(point_todo, datasets, profile, what="nu grid")
-
-    values: dict = {}
-    met: dict = {}
-    reasons: dict = {}
-    evidence: dict = {}
-    da_ref: dict = {}
-    for ref in refs:
-        g = ref.group
-        hist = store.record(store.run_dir(ref))["history"]
-        da_ref[g] = {"val_acc": hist["best_val_acc"], "best_epoch": hist["best_epoch"], "epochs": hist["epochs"]}
-        for r in regularizers(cfg.detached):
-            rows = []
-            for spec in (p for p in points if p.group == g and p.model == f"IR-{r}"):
-                row = measure_point(store, cfg, datasets[("mnist", g)], spec)
-                row["passes_guard"] = row["val_acc"] >= da_ref[g]["val_acc"] - GUARD_POINTS
-                rows.append(row)
-                log(
-                    f"tune {g}/{r}: nu={spec.nu:g} -> val SI={row['val_si']:.3f} (paper convention), "
-                    f"val acc={row['val_acc']:.2f}% (DA {da_ref[g]['val_acc']:.2f}%), best epoch "
-                    f"{row['best_epoch']}/{row['epochs']}"
-                )
-            choice = choose_nu(rows, da_ref[g]["val_acc"])
-            values.setdefault(g, {})[r] = choice["nu"]
-            met.setdefault(g, {})[r] = choice["criterion_met"]
-            reasons.setdefault(g, {})[r] = choice["reason"]
-            evidence.setdefault(g, {})[r] = rows
-            log(f"tune {g}/{r}: nu={choice['nu']} ({choice['reason']})")
-
-    path = cfg.nu_config
-    nu_cfg = read_nu_config(path)
-    old = nu_cfg["profiles"].get(profile.name)
-    settings = {
+    return {
         "seed": tune_seed(cfg),
         "epochs": profile.epochs,
         "sizes": list(profile.sizes),
@@ -297,28 +350,206 @@ def tune(cfg: RunConfig, datasets: dict, store: RunStore) -> Path:
         "grid": sorted(profile.nu_grid),
         "tune_si": profile.tune_si,
         "rule": RULE,
+        "torch": torch.__version__,
     }
-    if old is not None and all(old.get(k) == v for k, v in settings.items()):
-        # the same sweep on other groups or regularizers: keep what this command did not re-tune
-        for key, new in (("values", values), ("criterion_met", met), ("reasons", reasons), ("evidence", evidence)):
-            merged = {g: dict(v) for g, v in old.get(key, {}).items()}
-            for g, per in new.items():
-                merged.setdefault(g, {}).update(per)
-            new.clear()
-            new.update(merged)
-        da_ref = {**(old.get("da_reference") or {}), **da_ref}
-    nu_cfg["profiles"][profile.name] = {
-        "tuned_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": cfg.command_line,
-        **settings,
-        "da_reference": da_ref,
-        "values": values,
-        "criterion_met": met,
-        "reasons": reasons,
-        "evidence": evidence,
-        "seconds": time.perf_counter() - started,  # wall time of this tune command (cached points cost nothing)
-        "machine": machine_info(cfg.device),
+
+
+def _provenance(store: RunStore, folder: Path) -> dict:
+    rec = store.record(folder) or {}
+    recorded = rec.get("recorded", {})
+    return {
+        "seconds": rec.get("history", {}).get("seconds"),
+        "code": recorded.get("hash"),
+        "git_commit": recorded.get("git_commit"),
+        "device": recorded.get("device"),
     }
-    write_json(path, nu_cfg)
-    log(f"wrote the tuned nu values of [{profile.name}] to {path} ({time.perf_counter() - started:.0f}s)")
-    return path
+
+
+class Section:
+    """The profile's section of ``nu.json`` while a tune fills it: every finished point is written at once."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.path = cfg, cfg.nu_config
+        self.settings = section_settings(cfg)
+        old = read_nu_config(self.path)["profiles"].get(cfg.profile.name)
+        same = old is not None and all(old.get(k) == _jsonable(v) for k, v in self.settings.items())
+        self.entry: dict = dict(old) if same else {}
+        if old is not None and not same:
+            log(f"tune: the [{cfg.profile.name}] section of {self.path} was tuned under other settings; re-tuned")
+        for key in ("da_reference", "values", "criterion_met", "reasons", "evidence", "search_status"):
+            self.entry.setdefault(key, {})
+        self.entry.setdefault("commands", [])
+
+    def da(self, group: str) -> dict | None:
+        return self.entry["da_reference"].get(group)
+
+    def rows(self, group: str, reg: str) -> list[dict]:
+        return self.entry["evidence"].get(group, {}).get(reg, [])
+
+    def add_row(self, group: str, reg: str, row: dict) -> None:
+        rows = [r for r in self.rows(group, reg) if r["nu"] != row["nu"]] + [row]
+        self.entry["evidence"].setdefault(group, {})[reg] = sorted(rows, key=lambda r: r["nu"])
+
+    def write(self, **extra) -> None:
+        cfg = read_nu_config(self.path)
+        self.entry.update(
+            tuned_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            command=self.cfg.command_line,
+            **self.settings,
+            search=SEARCH,
+            machine=machine_info(self.cfg.device),
+            **extra,
+        )
+        cfg["profiles"][self.cfg.profile.name] = self.entry
+        write_json(self.path, cfg)
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def tune(cfg: RunConfig, datasets: dict, store: RunStore, pool=None) -> Path:
+    """Run the nu search and write the profile's section of ``cfg.nu_config`` point by point (others are kept).
+
+    Each (group, regularizer) searches the grid by bisection (:func:`search_next`); ``--search grid`` trains the
+    whole grid. Every finished DA reference and grid point is written to the section at once, atomically, with
+    its settings, and a later tune under the same settings (:func:`section_settings`) skips it: the search
+    carries on across interruptions and sessions from what is committed. The runs go to ``pool``
+    (:mod:`benchmarks.paper.workers`), or train in this process.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from benchmarks.paper.workers import make_pool
+
+    profile = cfg.profile
+    started = time.perf_counter()
+    refs, points = sweep_specs(cfg)
+    grid = sorted(float(v) for v in profile.nu_grid)
+    sec = Section(cfg)
+    own_pool = pool is None
+    pool = pool or make_pool(cfg, datasets, store)
+    searches = [(g, r) for g in cfg.groups for r in regularizers(cfg.detached)]
+    by_key = {(p.group, p.regularizer, p.nu): p for p in points}
+    trained_now: list[str] = []
+    inflight: dict = {}  # future -> ("ref", spec) | ("point", spec)
+
+    secs = Estimator(datasets, profile, cfg.device, store.max_members, workers=pool.workers).seconds(
+        sweep_work(refs, points, set(refs + points), adaptive=cfg.search == "adaptive")
+    )
+    log(describe(f"tune --profile {profile.name} (upper bound: no point reused)", secs, cfg.device, pool.workers))
+
+    def folder_state(spec: RunSpec, folder: Path) -> bool:
+        """Whether ``folder`` must be trained (False: it holds this run already); refuses other settings."""
+        st = store.status(folder, spec, profile)
+        if isinstance(st, Mismatch):
+            store.refuse([st], "tune")
+        return st != "ok"
+
+    def floor(g: str) -> float | None:
+        da = sec.da(g)
+        return None if da is None else da["val_acc"] - GUARD_POINTS
+
+    def wanted(g: str, r: str) -> list[float]:
+        if cfg.search == "grid":
+            have = {row["nu"] for row in sec.rows(g, r)}
+            return [v for v in grid if v not in have]
+        nxt, status = search_next(grid, sec.rows(g, r), floor(g))
+        if floor(g) is not None:
+            sec.entry["search_status"].setdefault(g, {})[r] = {
+                **status,
+                "trained": len(sec.rows(g, r)),
+                "of": len(grid),
+            }
+        return nxt
+
+    def submit_ready() -> None:
+        busy = {(k, s) for k, s in inflight.values()}
+        for ref in refs:
+            if sec.da(ref.group) is None and ("ref", ref) not in busy:
+                folder = store.run_dir(ref)
+                if folder_state(ref, folder):
+                    inflight[pool.submit("train", ref, store.prepare(folder))] = ("ref", ref)
+                else:
+                    record_ref(ref)
+        for g, r in searches:
+            if any(k == "point" and (s.group, s.regularizer) == (g, r) for k, s in busy):
+                continue
+            for nu in wanted(g, r):
+                spec = by_key[(g, r, nu)]
+                folder = store.point_dir(spec)
+                need = folder_state(spec, folder)
+                inflight[pool.submit("train_and_measure", spec, store.prepare(folder) if need else folder, need)] = (
+                    "point",
+                    spec,
+                )
+                busy.add(("point", spec))
+
+    def record_ref(ref: RunSpec) -> None:
+        hist = store.record(store.run_dir(ref))["history"]
+        sec.entry["da_reference"][ref.group] = {
+            "val_acc": hist["best_val_acc"],
+            "best_epoch": hist["best_epoch"],
+            "epochs": hist["epochs"],
+            **_provenance(store, store.run_dir(ref)),
+        }
+        log(f"tune {ref.group}: DA reference val acc {hist['best_val_acc']:.2f}% (guard {floor(ref.group):.2f}%)")
+        sec.write()
+
+    def record_point(spec: RunSpec, row: dict) -> None:
+        g, r = spec.group, spec.regularizer
+        row = {**row, **_provenance(store, store.point_dir(spec))}
+        sec.add_row(g, r, row)
+        log(
+            f"tune {g}/{r}: nu={spec.nu:g} -> val SI={row['val_si']:.3f} (paper convention), val acc="
+            f"{row['val_acc']:.2f}%, best epoch {row['best_epoch']}/{row['epochs']}"
+        )
+        sec.write()
+
+    try:
+        submit_ready()
+        while inflight:
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, spec = inflight.pop(future)
+                result = future.result()
+                store.fresh.add(store.run_dir(spec) if kind == "ref" else store.point_dir(spec))
+                if kind == "ref":
+                    record_ref(spec)
+                    trained_now.append(spec.key)
+                else:
+                    history, row = result
+                    if history is not None:
+                        trained_now.append(f"{spec.key}_nu{spec.nu:g}")
+                    record_point(spec, row)
+            submit_ready()
+    finally:
+        if own_pool:
+            pool.close()
+
+    for g, r in searches:
+        rows = sec.rows(g, r)
+        da = sec.da(g)
+        for row in rows:
+            row["passes_guard"] = row["val_acc"] >= da["val_acc"] - GUARD_POINTS
+        choice = choose_nu(rows, da["val_acc"])
+        sec.entry["values"].setdefault(g, {})[r] = choice["nu"]
+        sec.entry["criterion_met"].setdefault(g, {})[r] = choice["criterion_met"]
+        sec.entry["reasons"].setdefault(g, {})[r] = choice["reason"]
+        log(f"tune {g}/{r}: nu={choice['nu']} ({choice['reason']}; {len(rows)} of {len(grid)} grid values trained)")
+    seconds = time.perf_counter() - started
+    sec.entry["commands"] = [
+        *sec.entry["commands"],
+        {
+            "command": cfg.command_line,
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": seconds,
+            "workers": pool.workers,
+            "search": cfg.search,
+            "trained": trained_now,
+        },
+    ]
+    sec.write()
+    log(f"wrote the tuned nu values of [{profile.name}] to {cfg.nu_config} ({seconds:.0f}s)")
+    return cfg.nu_config

@@ -93,7 +93,7 @@ def test_missing_data_offline_says_where(tmp_path: Path, monkeypatch):
 
 def _mnist_copy(tmp_path: Path) -> Path:
     """A data root whose MNIST raw files link to the real ones (no copy of the 47 MB images)."""
-    src = D.default_data_root() / "MNIST" / "raw"
+    src = (D.default_data_root() / "MNIST" / "raw").resolve()  # a relative $TORCHINVARIANCE_DATA too
     if not all((src / f).exists() for f in D.RAW_FILES):
         pytest.skip("the MNIST raw files are not available")
     raw = tmp_path / "MNIST" / "raw"
