@@ -148,7 +148,7 @@ class Estimator:
             self._eval[key] = costs
         return self._eval[key]
 
-    def seconds(self, work: Iterable[Work]) -> dict[str, float]:
+    def seconds(self, work: Iterable[Work], workers: int | None = None) -> dict[str, float]:
         """``{"train": s, "evaluate": s}`` for the work items: wall time, the summed time of the runs divided by the
         number of workers (independent runs share the workers evenly; each worker times as one measured here)."""
         p = self.profile
@@ -167,7 +167,8 @@ class Estimator:
                 if w.drift:
                     per_run += c["forward"] * p.drift_n * DRIFT_LEVELS
                 evaluate += w.runs_to_evaluate * per_run + w.points_to_measure * c["si"] * p.tune_si
-        return {"train": train / self.workers, "evaluate": evaluate / self.workers}
+        workers = self.workers if workers is None else workers
+        return {"train": train / workers, "evaluate": evaluate / workers}
 
 
 def describe(label: str, secs: dict[str, float], device: torch.device, workers: int = 1) -> str:

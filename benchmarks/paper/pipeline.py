@@ -96,11 +96,11 @@ def dry_run(cfg: RunConfig, datasets: dict) -> int:
         f"({cfg.profile.epochs} epochs each)"
     )
     log(f"plan: run trains {len(specs) - len(reused)} runs after that tune, evaluates {len(specs)}")
-    for workers in dict.fromkeys((cfg.workers, 1)):
-        est = Estimator(datasets, cfg.profile, cfg.device, cfg.max_members, workers=workers)
-        tune_secs = est.seconds(tune_work)
-        run_secs = est.seconds(_work(specs, set(specs) - reused, set(specs)))
-        alone = est.seconds(_work(specs, set(specs), set(specs)))
+    est = Estimator(datasets, cfg.profile, cfg.device, cfg.max_members, workers=cfg.workers)
+    for workers in dict.fromkeys((cfg.workers, 1)):  # the same measured steps, shared by 1 or by N workers
+        tune_secs = est.seconds(tune_work, workers)
+        run_secs = est.seconds(_work(specs, set(specs) - reused, set(specs)), workers)
+        alone = est.seconds(_work(specs, set(specs), set(specs)), workers)
         log(describe(f"tune --profile {cfg.profile.name}", tune_secs, cfg.device, workers))
         log(describe(f"run --profile {cfg.profile.name} after that tune", run_secs, cfg.device, workers))
         total = {k: tune_secs[k] + run_secs[k] for k in tune_secs}

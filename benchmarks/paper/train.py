@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import torchinvariance as ti
+from benchmarks._common import log
 from benchmarks.paper.data import NUM_CLASSES, Split, TransformingDataset, epoch_draws
 from benchmarks.paper.labels import IR_MODELS, IR_VARIANTS, is_ir
 from benchmarks.paper.profiles import Profile
@@ -165,21 +166,26 @@ def checkpoint_settings(spec: RunSpec, profile: Profile, epochs: int) -> dict:
         "sizes": list(profile.sizes),
         "lr": profile.lr,
         "batch_size": profile.batch_size,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: torch.load(weights_only=True) refuses TorchVersion
         "code": code_version()["hash"],
     }
 
 
 def _load_checkpoint(path: Path | None, wanted: dict) -> dict | None:
-    """The checkpoint at ``path`` if it was made under ``wanted`` (else None: the run starts over)."""
+    """The checkpoint at ``path`` if it was made under ``wanted`` (else None, said in the log: the run starts over)."""
     if path is None or not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a truncated or foreign file: start over rather than trust it
+    except Exception as exc:  # a truncated or foreign file: start over rather than trust it
+        log(f"{path}: not a readable training checkpoint ({type(exc).__name__}); the run starts over")
         return None
     if not isinstance(state, dict) or state.get("settings") != wanted:
+        got = state.get("settings") if isinstance(state, dict) else None
+        diffs = sorted(k for k in wanted if not isinstance(got, dict) or got.get(k) != wanted[k])
+        log(f"{path}: a checkpoint of other settings ({', '.join(diffs)}); the run starts over")
         return None
+    log(f"{path}: resuming {wanted['key']} after epoch {state['epoch']} of {wanted['epochs']}")
     return state
 
 
@@ -191,7 +197,7 @@ def train(
     epochs: int | None = None,
     progress: bool = True,
     checkpoint: Path | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_every: int | None = None,
     on_epoch: Callable[[int], None] | None = None,
     position: int | None = None,
 ) -> tuple[dict[str, Tensor], dict]:
@@ -202,8 +208,8 @@ def train(
     in :data:`NOT_VECTORIZED`, and what each worker process runs on a CPU (:mod:`benchmarks.paper.workers`).
 
     Resuming: with ``checkpoint`` (a file path), the whole training state (model, Adam, the data generator, the
-    best checkpoint so far, the history) is written there atomically every ``checkpoint_every`` epochs and after
-    the last one. A later call with the same path and the same run and protocol
+    best checkpoint so far, the history) is written there atomically every ``checkpoint_every`` epochs (default
+    :data:`CHECKPOINT_EVERY`) and after the last one. A later call with the same path and the same run and protocol
     (:func:`checkpoint_settings`) continues from it, and ends with exactly what an uninterrupted call returns
     (the same parameters bit for bit, the same history but for the wall time); a checkpoint made under other
     settings, or unreadable, is ignored and the run starts over.
@@ -217,6 +223,7 @@ def train(
     """
     check_nu(spec)
     epochs = profile.epochs if epochs is None else epochs
+    checkpoint_every = CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 epoch, got {checkpoint_every!r}")
     td = TrainingData(data, device)
