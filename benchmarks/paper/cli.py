@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "command", nargs="?", default="run", choices=("run", "tune", "ablate-si", "publish"), help="default: run"
     )
-    p.add_argument("--profile", default="quick", help=f"one of {sorted(PROFILES)} (default: quick)")
+    p.add_argument(
+        "--profile",
+        default="paper",
+        help=f"one of {sorted(PROFILES)} (default: paper, the protocol of the paper's §4.1 with one seed)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument(
         "--data-root",
@@ -169,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune: bisect the nu grid (adaptive, default: about 4 of 9 values per regularizer) or train all of it",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--to", default="docs/results/quick", help="publish: destination folder")
+    p.add_argument("--to", default=None, help="publish: destination folder (default: docs/results/<profile>)")
     return p
 
 
@@ -193,7 +197,8 @@ def parse(argv: list[str] | None = None) -> RunConfig | PublishConfig:
         raise SystemExit(f"error: unknown group(s) {bad}; expected some of {sorted(GROUPS)}")
     results_dir = _results_dir(args)
     if args.command == "publish":
-        return PublishConfig(results_dir=results_dir, to=Path(args.to))
+        to = Path(args.to) if args.to is not None else Path("docs") / "results" / profile.name
+        return PublishConfig(results_dir=results_dir, to=to)
     try:
         device = pick_device(args.device)
     except ValueError as exc:

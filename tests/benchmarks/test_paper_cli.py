@@ -1,5 +1,6 @@
 """Command-line behaviour of `python -m benchmarks.paper` that needs no training."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -45,7 +46,12 @@ def test_command_line_is_parsed_once_into_a_frozen_config(tmp_path):
     assert cfg.nu_config == Path("results/smoke/nu.json") and not cfg.tune_first
     assert cli.parse(["--profile", "smoke"]).tune_first
     cfg = cli.parse(["run", "--results-dir", str(tmp_path), "--no-progress", "--threads", "2", "--force"])
-    assert cfg.profile.name == "quick" and cfg.nu_config == tune.NU_CONFIG and not cfg.tune_first
+    assert cfg.profile.name == "paper" and cfg.nu_config == tune.NU_CONFIG and not cfg.tune_first
+    assert cfg.workers == cli.default_workers(cfg.device) and cfg.search == "adaptive"
+    assert cli.parse(["--workers", "3", "--search", "grid"]).workers == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 1, got 0"):
+        cli._workers("0")
+    assert cli.parse(["publish"]).to == Path("docs/results/paper")
     assert cfg.results_dir == tmp_path and cfg.force and cfg.threads == 2 and not cfg.progress
     assert cfg.command_line.startswith("python -m benchmarks.paper run --results-dir")
     # the detached normalized-L2 variant: on for the protocol profiles, off for the demo and smoke, overridable
