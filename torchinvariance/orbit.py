@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
 from torchinvariance.actions import OutputActionLike, resolve_output_action
-from torchinvariance.groups import Group, ensure_group
+from torchinvariance.groups import Group, ensure_group, listed_elements
 
 __all__ = ["check_batch", "frozen_buffers", "measuring", "model_output", "orbit_forward", "resolve_elements"]
 
@@ -208,8 +208,9 @@ def resolve_elements(group: Group, elements: Sequence | None) -> list:
     """The checked list of elements to use: ``elements``, or every element of a finite group when ``None``.
 
     Raises:
-        ValueError: ``None`` for a continuous group (it cannot list its elements), an empty list, or an entry
-            that is not an element.
+        ValueError: ``None`` for a continuous group (it cannot list its elements) or for a finite group whose
+            ``elements()`` is not a valid listing (:func:`~torchinvariance.groups.listed_elements`), an empty list,
+            or an entry that is not an element.
         TypeError: ``elements`` is not a sequence.
 
     Example:
@@ -222,7 +223,7 @@ def resolve_elements(group: Group, elements: Sequence | None) -> list:
     if elements is None:
         if not group.is_finite:
             raise ValueError(f"{group!r} is continuous: pass elements= (e.g. group.sample(8) or a list of angles)")
-        return list(group.elements())
+        return listed_elements(group)
     if isinstance(elements, (str, bytes)) or not isinstance(elements, Sequence):
         raise TypeError(
             f"elements must be a sequence of group elements (e.g. [1, 2]) or None; got {type(elements).__name__}"

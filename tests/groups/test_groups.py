@@ -169,3 +169,43 @@ def test_legacy_act_hook_still_works_with_a_deprecation_warning():
                 return x.flip(-1) if g else x
 
     assert Old().act(1, torch.arange(3.0)).tolist() == [2.0, 1.0, 0.0]
+
+
+# --------------------------------------------------------------------------- listing of the elements (issue 22 item 8)
+class _Quarter(ti.CyclicGroup):
+    """Z_4 acting by quarter turns, with a listing of the elements given at construction."""
+
+    def __init__(self, listing):
+        super().__init__(4)
+        self.listing = tuple(listing)
+
+    def elements(self):
+        return self.listing
+
+    def transform(self, g, x):
+        return torch.rot90(x, g, dims=(-2, -1))
+
+
+def test_check_group_fails_when_elements_lists_fewer_than_order():
+    ti.check_group(_Quarter([0, 1, 2, 3]))  # the reference: a correct listing passes
+    with pytest.raises(AssertionError, match=r"elements: elements\(\) lists 3 elements but the order is 4"):
+        ti.check_group(_Quarter([0, 1, 2]))
+    with pytest.raises(AssertionError, match=r"lists 1 element\(s\) more than once"):
+        ti.check_group(_Quarter([0, 1, 2, 2]))
+    with pytest.raises(AssertionError, match=r"lists \[7\], which check_element\(\) rejects"):
+        ti.check_group(_Quarter([0, 1, 2, 3, 7]))
+
+
+def test_a_short_listing_is_rejected_where_elements_none_means_the_whole_group():
+    short = _Quarter([0, 1, 2])
+    model = torch.nn.Flatten()
+    x = _image(short, (2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"does not list its elements correctly: .*3 elements but the order is 4"):
+        ti.orbit.resolve_elements(short, None)
+    for measure in (ti.logit_invariance, ti.distribution_invariance):
+        with pytest.raises(ValueError, match="lists 3 elements but the order is 4"):
+            measure(model, short, x)
+    with pytest.raises(ValueError, match="lists 3 elements but the order is 4"):
+        ti.LogitInvariance(model, short)
+    # explicit elements do not need the listing
+    assert ti.logit_invariance(model, short, x, elements=[1, 3], reduction="none").shape == (2, 2)

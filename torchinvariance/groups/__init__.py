@@ -7,7 +7,7 @@
 """
 
 from torchinvariance.groups._base import CyclicGroup, Group, ensure_group
-from torchinvariance.groups._check import check_group, validate_group
+from torchinvariance.groups._check import check_group, listed_elements, validate_group
 from torchinvariance.groups._continuous import SO2, ContinuousGroup, Scale
 from torchinvariance.groups._image import Dihedral, Flip, Rotation, Translation
 
@@ -23,5 +23,6 @@ __all__ = [
     "Translation",
     "check_group",
     "ensure_group",
+    "listed_elements",
     "validate_group",
 ]

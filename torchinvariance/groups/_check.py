@@ -14,7 +14,7 @@ from torch import Tensor
 
 from torchinvariance.groups._base import Group, ensure_group
 
-__all__ = ["check_group", "validate_group"]
+__all__ = ["check_group", "listed_elements", "validate_group"]
 
 _MAX_TRIPLES = 16**3
 
@@ -39,6 +39,51 @@ def validate_group(group: Group) -> Group:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{type(group).__name__}.identity ({group.identity!r}) is not an element: {exc}") from exc
     return group
+
+
+def _listing_problems(group: Group, els: list) -> tuple[list[str], list]:
+    """What is wrong with ``els`` as the listing of a finite group's elements (``[]`` when nothing is), and the
+    entries that are elements.
+    """
+    problems = []
+    if len(els) != group.order:
+        problems.append(f"elements() lists {len(els)} elements but the order is {group.order}")
+    checked, bad = [], []
+    for g in els:
+        try:
+            checked.append(group.check_element(g))
+        except (TypeError, ValueError):
+            bad.append(g)
+    if bad:
+        problems.append(f"elements() lists {bad!r}, which check_element() rejects")
+    try:
+        distinct = len(set(checked))
+    except TypeError:  # unhashable elements: compare them pairwise
+        distinct = sum(not any(group.same_element(g, h) for h in checked[:i]) for i, g in enumerate(checked))
+    if distinct != len(checked):
+        problems.append(f"elements() lists {len(checked) - distinct} element(s) more than once")
+    return problems, checked
+
+
+def listed_elements(group: Group) -> list:
+    """``group.elements()`` as a list, checked: ``order`` distinct elements.
+
+    This is what every caller that measures "the whole group" (``elements=None``) relies on; a listing that is too
+    short would skip elements silently.
+
+    Raises:
+        ValueError: the listing has another length than ``order``, an entry that is not an element, or a repeat.
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> ti.groups.listed_elements(ti.get_group("flip"))
+        [0, 1]
+    """
+    els = list(group.elements())
+    problems, _ = _listing_problems(group, els)
+    if problems:
+        raise ValueError(f"{group!r} does not list its elements correctly: {'; '.join(problems)}")
+    return els
 
 
 def _default_input(group: Group) -> Tensor | None:
@@ -80,6 +125,7 @@ def check_group(group: Group, x: Tensor | None = None, *, samples: int = 8) -> d
     Checks, for the elements :math:`g, h, k` (all of a finite group; ``samples`` drawn with a fixed seed for a
     continuous one, plus the identity):
 
+    - the listing (finite groups): ``elements()`` lists ``order`` distinct elements;
     - identity: :math:`e g = g e = g` and :math:`e \cdot x = x`;
     - inverse: :math:`g g^{-1} = g^{-1} g = e`;
     - closure: :math:`g h` is an element; associativity :math:`(g h) k = g (h k)`;
@@ -109,12 +155,13 @@ def check_group(group: Group, x: Tensor | None = None, *, samples: int = 8) -> d
         True
     """
     validate_group(group)
+    failures: list[str] = []
     if group.is_finite:
-        els = list(group.elements())
+        problems, els = _listing_problems(group, list(group.elements()))  # the algebra runs on the valid entries
+        failures += [f"elements: {p}" for p in problems]
     else:
         els = [group.identity, *group.sample(samples, generator=torch.Generator().manual_seed(0))]
     e = group.identity
-    failures: list[str] = []
 
     def name(g: object) -> str:
         return group.element_name(g)
