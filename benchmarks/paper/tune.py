@@ -223,8 +223,14 @@ def read_nu_config(path: Path) -> dict:
     if not path.exists():
         return {"format_version": NU_FORMAT, "profiles": {}}
     try:
-        return migrate(read_json(path))
-    except ValueError as exc:
+        cfg = read_json(path)
+        if not isinstance(cfg, dict):
+            raise ValueError(f"expected a JSON object with format_version and profiles, got a {type(cfg).__name__}")
+        cfg = migrate(cfg)
+        if not isinstance(cfg.get("profiles"), dict):
+            raise ValueError(f"expected a 'profiles' object of per-profile sections, got {cfg.get('profiles')!r:.60}")
+        return cfg
+    except ValueError as exc:  # json.JSONDecodeError is one
         raise SystemExit(f"error: {path}: {exc}") from None
 
 

@@ -41,3 +41,19 @@ def test_table1_and_claims_use_the_paper_convention():
     claims = {c["claim"]: c for c in report.check_claims(agg, {})}
     si_claim = claims["R^2_4: IR's SI ≥ 0.95 and above DA's"]
     assert si_claim["status"] == "PASS" and "SI IR=0.960, DA=0.170" in si_claim["detail"]
+
+
+def test_a_group_not_run_or_a_model_left_out_is_not_a_fail():
+    """Issue 22 item 13: `run --groups rotation` wrote the translation claims as FAIL with nan values."""
+    agg = report.aggregate({"a": _metrics("DA"), "b": _metrics("IR-l2", si=(1.0, 0.95, 0.96, 0.97))})
+    claims = report.check_claims(agg, {})
+    by_status = {}
+    for c in claims:
+        by_status.setdefault(c["status"], []).append(c["claim"])
+    assert len(claims) == 2 * len(report.CLAIMS)
+    assert sorted(by_status["NOT RUN"]) == sorted(f"T^2_3: {c}" for c in report.CLAIMS)
+    assert all("nan" not in c["detail"] for c in claims if c["status"] == "NOT RUN")
+    # WT was not trained on R^2_4: its claim is not measured; the SI claim, which needs only DA and IR, is
+    assert "R^2_4: WT has LI ≈ 0 and SI ≈ 1" in by_status["NOT MEASURED"]
+    assert "R^2_4: IR's SI ≥ 0.95 and above DA's" in by_status["PASS"]
+    assert "- **NOT RUN** T^2_3:" in report.claims_markdown(claims)

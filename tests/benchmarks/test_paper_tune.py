@@ -224,3 +224,21 @@ def test_the_search_widens_where_si_falls_as_nu_rises():
     assert status["widened"] and "SI falls from 0.700 at nu=10 to 0.400 at nu=30" in status["violations"][0]
     assert sorted(nxt) == sorted(r["nu"] for r in rows if r["nu"] not in (10.0, 30.0))
     assert tune.search_next([1.0], [], floor=None) == ([1.0], {"done": False, "widened": False, "violations": []})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "expected a JSON object with format_version and profiles, got a list"),
+        ('{"format_version": 2}', "expected a 'profiles' object"),
+        ('{"format_version": 2, "profiles": [1]}', "expected a 'profiles' object"),
+        ("{not json", "Expecting property name"),
+    ],
+)
+def test_a_corrupt_nu_config_gives_a_clean_error(tmp_path, text, message):
+    """Issue 22 item 21: a list, or a file without profiles, gave AttributeError/KeyError."""
+    path = tmp_path / "nu.json"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=message) as err:
+        tune.read_nu_config(path)
+    assert str(err.value).startswith(f"error: {path}: ")
