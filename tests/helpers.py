@@ -40,6 +40,20 @@ class Reverse(ti.CyclicGroup):
         return x.flip(-1) if g else x
 
 
+class Listed(ti.CyclicGroup):
+    """Z_4 acting by quarter turns whose ``elements()`` returns ``listing`` (to test wrong listings)."""
+
+    def __init__(self, listing):
+        super().__init__(4)
+        self.listing = tuple(listing)
+
+    def elements(self):
+        return self.listing
+
+    def transform(self, g, x):
+        return torch.rot90(x, g, dims=(-2, -1))
+
+
 def image_batch(b=4, c=1, h=6, w=6, seed=0, dtype=torch.float64):
     """A seeded batch of random images ``(b, c, h, w)``."""
     g = torch.Generator().manual_seed(seed)

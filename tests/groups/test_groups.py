@@ -1,6 +1,6 @@
 import pytest
 import torch
-from helpers import BUILTIN_GROUPS, group_id, make_group
+from helpers import BUILTIN_GROUPS, Listed, group_id, make_group
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,32 +172,18 @@ def test_legacy_act_hook_still_works_with_a_deprecation_warning():
 
 
 # --------------------------------------------------------------------------- listing of the elements (issue 22 item 8)
-class _Quarter(ti.CyclicGroup):
-    """Z_4 acting by quarter turns, with a listing of the elements given at construction."""
-
-    def __init__(self, listing):
-        super().__init__(4)
-        self.listing = tuple(listing)
-
-    def elements(self):
-        return self.listing
-
-    def transform(self, g, x):
-        return torch.rot90(x, g, dims=(-2, -1))
-
-
 def test_check_group_fails_when_elements_lists_fewer_than_order():
-    ti.check_group(_Quarter([0, 1, 2, 3]))  # the reference: a correct listing passes
+    ti.check_group(Listed([0, 1, 2, 3]))  # the reference: a correct listing passes
     with pytest.raises(AssertionError, match=r"elements: elements\(\) lists 3 elements but the order is 4"):
-        ti.check_group(_Quarter([0, 1, 2]))
+        ti.check_group(Listed([0, 1, 2]))
     with pytest.raises(AssertionError, match=r"lists 1 element\(s\) more than once"):
-        ti.check_group(_Quarter([0, 1, 2, 2]))
+        ti.check_group(Listed([0, 1, 2, 2]))
     with pytest.raises(AssertionError, match=r"lists \[7\], which check_element\(\) rejects"):
-        ti.check_group(_Quarter([0, 1, 2, 3, 7]))
+        ti.check_group(Listed([0, 1, 2, 3, 7]))
 
 
 def test_a_short_listing_is_rejected_where_elements_none_means_the_whole_group():
-    short = _Quarter([0, 1, 2])
+    short = Listed([0, 1, 2])
     model = torch.nn.Flatten()
     x = _image(short, (2, 1, 4, 4))
     with pytest.raises(ValueError, match=r"does not list its elements correctly: .*3 elements but the order is 4"):
@@ -209,3 +195,8 @@ def test_a_short_listing_is_rejected_where_elements_none_means_the_whole_group()
         ti.LogitInvariance(model, short)
     # explicit elements do not need the listing
     assert ti.logit_invariance(model, short, x, elements=[1, 3], reduction="none").shape == (2, 2)
+
+
+def test_check_group_fails_when_elements_does_not_start_with_the_identity():
+    with pytest.raises(AssertionError, match=r"must list the identity g0 first .*; it starts with g1"):
+        ti.check_group(Listed([1, 2, 3, 0]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import OrbitAveraged, mlp
+from helpers import Listed, OrbitAveraged, mlp
 from torchmetrics import Metric, MetricCollection
 
 import torchinvariance as ti
@@ -288,3 +288,16 @@ def test_ddp_two_processes_gloo_synced_by_torchmetrics():
             np.testing.assert_allclose(per_element, terms.mean(1), rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(sd, std, rtol=1e-9)
         np.testing.assert_allclose(out[0][name + "-local"], local, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the reference row (issue 22 item 2)
+@pytest.mark.parametrize("cls", [ti.DistributionInvariance, ti.LogitInvariance, ti.SaliencyInvariance])
+def test_a_group_listing_the_identity_elsewhere_is_rejected_by_the_classes(cls):
+    with pytest.raises(ValueError, match=r"must list the identity g0 first .*; it starts with g1"):
+        cls(mlp(16), Listed([1, 2, 3, 0]))
+    metric = cls(mlp(16), Listed([1, 2, 3, 0]), elements=[1, 2, 3, 0])  # explicit elements: f(x) is the reference
+    metric.update(torch.randn(2, 1, 4, 4))
+    assert metric.element_names == ["g1", "g2", "g3", "g0"]
+    assert float(metric.compute_per_element()[3]) == pytest.approx(
+        1.0 if cls is ti.SaliencyInvariance else 0.0, abs=1e-6
+    )

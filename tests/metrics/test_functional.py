@@ -5,7 +5,7 @@ import pytest
 import scipy.ndimage
 import scipy.stats
 import torch
-from helpers import BUILTIN_GROUPS, OrbitAveraged, group_id, image_batch, make_group, mlp
+from helpers import BUILTIN_GROUPS, Listed, OrbitAveraged, group_id, image_batch, make_group, mlp
 from torch import nn
 
 import torchinvariance as ti
@@ -157,3 +157,19 @@ def test_quadrant_model_has_low_saliency_invariance_under_rotation():
     # the realigned maps of rotated inputs sit in other quadrants: (almost) no overlap
     assert si[1:].max() < 0.35
     assert ti.saliency_invariance(model, group, x, n_steps=8) < 0.5
+
+
+# ----------------------------------------------------------------------------- the reference row (issue 22 item 2)
+@pytest.mark.parametrize("measure", [ti.distribution_invariance, ti.logit_invariance])
+def test_a_group_listing_the_identity_elsewhere_is_rejected_not_measured_against_g0_x(measure):
+    model = mlp(16, dtype=F64)
+    x = image_batch(b=3, h=4, w=4)
+    with pytest.raises(ValueError, match=r"must list the identity g0 first .*; it starts with g1"):
+        measure(model, Listed([1, 2, 3, 0]), x)
+    with pytest.raises(ValueError, match="must list the identity g0 first"):
+        ti.evaluate_invariance(model, Listed([1, 2, 3, 0]), [(x, torch.zeros(3, dtype=torch.long))])
+    # explicit elements in that order are measured against f(x): the identity's row is 0, every other row is not
+    terms = measure(model, Listed([1, 2, 3, 0]), x, elements=[1, 2, 3, 0], reduction="none")
+    assert torch.equal(terms[3], torch.zeros(3, dtype=F64))
+    assert bool((terms[:3] > 0).all())
+    torch.testing.assert_close(terms, measure(model, Listed([0, 1, 2, 3]), x, reduction="none")[[1, 2, 3, 0]])

@@ -82,7 +82,12 @@ class Group(abc.ABC):
         return 0
 
     def elements(self) -> tuple[int, ...]:
-        """All elements, identity first."""
+        """All elements, identity first.
+
+        An override must keep both: :func:`~torchinvariance.check_group` fails, and every measurement of the whole
+        group (``elements=None``) raises, on a listing that is not ``order`` distinct elements with the identity
+        first (the identity's row is the reference :math:`f(x)`).
+        """
         return tuple(range(self.order))
 
     def element_name(self, g: int) -> str:

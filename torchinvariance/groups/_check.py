@@ -62,17 +62,23 @@ def _listing_problems(group: Group, els: list) -> tuple[list[str], list]:
         distinct = sum(not any(group.same_element(g, h) for h in checked[:i]) for i, g in enumerate(checked))
     if distinct != len(checked):
         problems.append(f"elements() lists {len(checked) - distinct} element(s) more than once")
+    if checked and not group.same_element(checked[0], group.identity):
+        problems.append(
+            f"elements() must list the identity {group.element_name(group.identity)} first (the metrics use the "
+            f"first row as the reference f(x)); it starts with {group.element_name(checked[0])}"
+        )
     return problems, checked
 
 
 def listed_elements(group: Group) -> list:
-    """``group.elements()`` as a list, checked: ``order`` distinct elements.
+    """``group.elements()`` as a list, checked: ``order`` distinct elements, the identity first.
 
     This is what every caller that measures "the whole group" (``elements=None``) relies on; a listing that is too
     short would skip elements silently.
 
     Raises:
-        ValueError: the listing has another length than ``order``, an entry that is not an element, or a repeat.
+        ValueError: the listing has another length than ``order``, an entry that is not an element, a repeat, or
+            does not start with the identity.
 
     Example:
         >>> import torchinvariance as ti
@@ -125,7 +131,7 @@ def check_group(group: Group, x: Tensor | None = None, *, samples: int = 8) -> d
     Checks, for the elements :math:`g, h, k` (all of a finite group; ``samples`` drawn with a fixed seed for a
     continuous one, plus the identity):
 
-    - the listing (finite groups): ``elements()`` lists ``order`` distinct elements;
+    - the listing (finite groups): ``elements()`` lists ``order`` distinct elements, the identity first;
     - identity: :math:`e g = g e = g` and :math:`e \cdot x = x`;
     - inverse: :math:`g g^{-1} = g^{-1} g = e`;
     - closure: :math:`g h` is an element; associativity :math:`(g h) k = g (h k)`;

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from torchinvariance._checks import check_model
 from torchinvariance.divergences import check_logits
-from torchinvariance.groups import Group, ensure_group
+from torchinvariance.groups import Group, ensure_group, listed_elements
 from torchinvariance.metrics._classes import (
     DistributionInvariance,
     LogitInvariance,
@@ -200,7 +200,7 @@ def evaluate_invariance(
     dev = _model_device(model) if device is None else torch.device(device)
     sync = _should_sync(sync_dist)
 
-    elements = list(group.elements())
+    elements = listed_elements(group)  # every element, identity first: rejects a wrong listing
     element_names = [group.element_name(g) for g in elements]
     rows = averaged_rows(group, elements, include_identity)
     options: dict[str, Any] = {"sync_on_compute": sync}
