@@ -18,6 +18,12 @@ registering is skipped with a :class:`RuntimeWarning`, emitted only once the
 registry is consistent; if anything else interrupts the load (e.g.
 ``KeyboardInterrupt``), the partial load is rolled back and the next call
 loads again.
+
+A plugin whose module holds no hook implementation (a
+``torchinvariance_register_groups`` without ``@ti.hookimpl``, or a misspelled
+hook name) adds nothing; it is reported with a :class:`UserWarning` saying
+which function is wrong. The :class:`KeyError` for an unknown group names
+every plugin that was found and what it registered.
 """
 
 from __future__ import annotations
@@ -46,6 +52,30 @@ __all__ = [
 
 DISABLE_AUTOLOAD_ENV = "TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PROVIDER = "torchinvariance (built-in)"
+_HOOK_NAME = "torchinvariance_register_groups"
+
+
+def _missing_hook_reason(plugin: object) -> str:
+    """Why ``plugin`` (a module or class) has no ``torchinvariance_register_groups`` hook implementation."""
+    marker = f"{hookspecs.PROJECT_NAME}_impl"  # the attribute pluggy's HookimplMarker sets
+    reasons = []
+    for attr in sorted(dir(plugin)):
+        try:
+            obj = getattr(plugin, attr)
+        except Exception:
+            continue
+        if not callable(obj):
+            continue
+        marked = hasattr(obj, marker)
+        if attr == _HOOK_NAME and not marked:
+            reasons.append(f"{attr}() is not marked with @ti.hookimpl")
+        elif attr != _HOOK_NAME and (marked or attr.startswith("torchinvariance_")):
+            if marked or difflib.get_close_matches(attr, [_HOOK_NAME], n=1, cutoff=0.8):
+                what = "hook implementation" if marked else "function"
+                reasons.append(f"{what} {attr}() matches no torchinvariance hook (did you mean {_HOOK_NAME!r}?)")
+    if not reasons:
+        reasons.append(f"it defines no function {_HOOK_NAME}() marked with @ti.hookimpl")
+    return "; ".join(reasons)
 
 
 class GroupRegistry:
@@ -68,6 +98,8 @@ class GroupRegistry:
     def __init__(self, autoload: bool | None = None) -> None:
         self._autoload = autoload
         self._factories: dict[str, tuple[Callable[..., Group], str]] = {}
+        # entry-point plugins found by the load: provider -> (module, what became of it); shown for unknown names
+        self._plugins: dict[str, tuple[str, str]] = {}
         self._loaded = False  # set only once the load has completed
         self._loading = False  # True while this registry's load runs (re-entrant calls from plugins)
         self._lock = threading.RLock()
@@ -83,7 +115,7 @@ class GroupRegistry:
     def _ensure_loaded(self) -> None:
         if self._loaded:  # only ever set after a complete load
             return
-        problems: list[str] = []
+        problems: list[tuple[str, type[Warning]]] = []
         with self._lock:  # other threads wait here until the load is complete
             if self._loaded or self._loading:
                 # loaded meanwhile, or a plugin uses the registry while it is being loaded (same thread)
@@ -98,10 +130,10 @@ class GroupRegistry:
             finally:
                 self._loading = False
         # warn only now: a warning turned into an error (python -W error) leaves a complete registry behind
-        for msg in problems:
-            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        for msg, category in problems:
+            warnings.warn(msg, category, stacklevel=4)
 
-    def _load(self, problems: list[str]) -> None:
+    def _load(self, problems: list[tuple[str, type[Warning]]]) -> None:
         if not self.plugin_manager.has_plugin(BUILTIN_PROVIDER):
             self.plugin_manager.register(builtin, name=BUILTIN_PROVIDER)
         if self._autoload_enabled():
@@ -112,11 +144,12 @@ class GroupRegistry:
     def _rollback(self) -> None:
         """Forget a partial load: the next call starts over."""
         self._factories.clear()
+        self._plugins.clear()
         for name, plugin in list(self.plugin_manager.list_name_plugin()):
             if name is not None and name != BUILTIN_PROVIDER and ":" in name:  # entry-point plugins
                 self.plugin_manager.unregister(plugin, name=name)
 
-    def _load_entry_points(self, problems: list[str]) -> None:
+    def _load_entry_points(self, problems: list[tuple[str, type[Warning]]]) -> None:
         seen: set[str] = set()
         for dist in importlib.metadata.distributions():
             for ep in dist.entry_points:
@@ -131,12 +164,32 @@ class GroupRegistry:
                     plugin = ep.load()
                     self.plugin_manager.register(plugin, name=provider)
                 except Exception as exc:
+                    why = f"{type(exc).__name__}: {exc}"
+                    self._plugins[provider] = (ep.value, f"failed to load ({why})")
                     problems.append(
-                        f"torchinvariance plugin {provider!r} (entry point {ep.value!r}) "
-                        f"failed to load and was skipped: {type(exc).__name__}: {exc}"
+                        (
+                            f"torchinvariance plugin {provider!r} (entry point {ep.value!r}) "
+                            f"failed to load and was skipped: {why}",
+                            RuntimeWarning,
+                        )
                     )
+                    continue
+                hooks = {caller.name for caller in self.plugin_manager.get_hookcallers(plugin) or []}
+                if _HOOK_NAME in hooks:
+                    self._plugins[provider] = (ep.value, "registered no groups")  # until its hook has run
+                    continue
+                why = _missing_hook_reason(plugin)
+                self._plugins[provider] = (ep.value, f"loaded and registered no groups: no hook implementation ({why})")
+                problems.append(
+                    (
+                        f"torchinvariance plugin {provider!r} (module {ep.value}) loaded but registers no hook "
+                        f"implementation, so it adds no groups: {why}. Expected "
+                        f"'@ti.hookimpl def {_HOOK_NAME}(register): ...' in that module.",
+                        UserWarning,
+                    )
+                )
 
-    def _call_plugin(self, provider: str, hook: Callable[..., None], problems: list[str]) -> None:
+    def _call_plugin(self, provider: str, hook: Callable[..., None], problems: list[tuple[str, type[Warning]]]) -> None:
         """Run one plugin's hook; its registrations are kept only if the whole hook succeeds."""
         staged: dict[str, tuple[Callable[..., Group], str]] = {}
 
@@ -147,12 +200,21 @@ class GroupRegistry:
         try:
             hook(register=register)
         except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            if provider in self._plugins:
+                self._plugins[provider] = (self._plugins[provider][0], f"raised while registering groups ({why})")
             problems.append(
-                f"torchinvariance plugin {provider!r} raised while registering groups "
-                f"and was skipped (none of its groups were registered): {type(exc).__name__}: {exc}"
+                (
+                    f"torchinvariance plugin {provider!r} raised while registering groups "
+                    f"and was skipped (none of its groups were registered): {why}",
+                    RuntimeWarning,
+                )
             )
             return
         self._factories.update(staged)
+        if provider in self._plugins:
+            what = f"registered groups {sorted(staged)}" if staged else "loaded and registered no groups"
+            self._plugins[provider] = (self._plugins[provider][0], what)
 
     def _check_new(
         self,
@@ -218,8 +280,18 @@ class GroupRegistry:
         except KeyError:
             names = sorted(self._factories)
             close = difflib.get_close_matches(str(name), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise KeyError(f"unknown group {name!r}; available groups: {names}{hint}") from None
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            plugins = self._plugin_summary()
+            raise KeyError(f"unknown group {name!r}; available groups: {names}{hint} {plugins}") from None
+
+    def _plugin_summary(self) -> str:
+        """One sentence per entry-point plugin: its module and what it registered (for unknown-name errors)."""
+        if not self._autoload_enabled():
+            return f"Plugin autoloading is off ({DISABLE_AUTOLOAD_ENV} or autoload=False), so no plugins were loaded."
+        if not self._plugins:
+            return f"No plugins are installed (no entry points in the group {hookspecs.PROJECT_NAME!r})."
+        parts = [f"plugin {p!r} (module {module}) {what}" for p, (module, what) in sorted(self._plugins.items())]
+        return "Plugins: " + "; ".join(parts) + "."
 
     def get(self, name: str, **params: Any) -> Group:
         """Build the group ``name`` with ``params``; the group's ``name`` is set to ``name``.
