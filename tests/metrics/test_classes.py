@@ -301,3 +301,45 @@ def test_a_group_listing_the_identity_elsewhere_is_rejected_by_the_classes(cls):
     assert float(metric.compute_per_element()[3]) == pytest.approx(
         1.0 if cls is ti.SaliencyInvariance else 0.0, abs=1e-6
     )
+
+
+# ----------------------------------------------------------------------------- merge_state (issue 22 item 5)
+@pytest.mark.parametrize("cls", [ti.DistributionInvariance, ti.LogitInvariance])
+def test_merge_state_needs_the_same_group_and_elements(cls):
+    model = mlp(16, dtype=F64)
+    rot, flip = ti.get_group("rotation", order=4), ti.get_group("flip")
+    x1, x2 = torch.randn(3, 1, 4, 4, dtype=F64), torch.randn(5, 1, 4, 4, dtype=F64)
+    a = cls(model, rot, elements=[0, 1])
+    a.update(x1)
+    others = {
+        "flip": cls(model, flip),  # two elements too: the states have the same shapes
+        "flip y": cls(model, ti.get_group("flip", axis="y")),
+        "other elements": cls(model, rot, elements=[0, 3]),
+        "include_identity": cls(model, rot, elements=[0, 1], include_identity=True),
+        "rotation order 2": cls(model, ti.get_group("rotation", order=2)),
+    }
+    for what, other in others.items():
+        other.update(x2)
+        with pytest.raises(ValueError, match=r"cannot merge .* over .* with one over "):
+            a.merge_state(other)
+        assert a.n_samples == 3, what  # nothing was added
+    with pytest.raises(ValueError, match=r"Rotation\(order=4\) elements \['rot0', 'rot90'\].*Flip\(axis='x'\)"):
+        a.merge_state(others["flip"])
+    with pytest.raises(ValueError, match=r"the incoming state '.*_element_sum' has shape \(4,\), expected \(2,\)"):
+        a.merge_state({f"{a._prefix}_element_sum": torch.zeros(4, dtype=F64)})
+    # the same group (another instance) and elements merge, and equal one metric over both batches
+    b = cls(model, ti.get_group("rotation", order=4), elements=[0, 1])
+    b.update(x2)
+    a.merge_state(b)
+    both = cls(model, rot, elements=[0, 1])
+    both.update(torch.cat([x1, x2]))
+    assert a.n_samples == 8
+    torch.testing.assert_close(a.compute_per_element(), both.compute_per_element(), rtol=1e-12, atol=1e-15)
+
+
+def test_merge_state_of_saliency_needs_the_same_options():
+    model, rot = mlp(16), ti.get_group("rotation", order=2)
+    a, b = ti.SaliencyInvariance(model, rot, n_steps=4), ti.SaliencyInvariance(model, rot, n_steps=8)
+    with pytest.raises(ValueError, match="same options"):
+        a.merge_state(b)
+    a.merge_state(ti.SaliencyInvariance(model, rot, n_steps=4))

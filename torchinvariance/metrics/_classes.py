@@ -113,6 +113,39 @@ class _OrbitTermsMetric(Metric):
         """Add a ``(n_elements, batch)`` matrix of per-element, per-sample terms (e.g. from ``reduction="none"``)."""
         self.update(_Terms(values))
 
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add the states of another metric of the same kind (or a dict of such states) to this one.
+
+        Unlike torchmetrics' default, which checks only the class, the incoming metric must measure the same rows:
+        the same element names and averaged rows here, and for metrics bound to a group the same group and elements.
+
+        Raises:
+            ValueError: another class, other elements or another group, or a state dict whose per-element sums do
+                not hold one entry per element.
+        """
+        if isinstance(incoming_state, type(self)):
+            self._check_mergeable(incoming_state)
+        elif isinstance(incoming_state, dict):
+            key = f"{self._prefix}_element_sum"
+            got = incoming_state.get(key)
+            if isinstance(got, Tensor) and tuple(got.shape) != (self.n_elements,):
+                raise ValueError(
+                    f"cannot merge into {type(self).__name__} over {self.n_elements} elements: the incoming state "
+                    f"{key!r} has shape {tuple(got.shape)}, expected ({self.n_elements},)"
+                )
+        super().merge_state(incoming_state)
+
+    def _describe(self) -> str:
+        return f"elements {self.element_names}"
+
+    def _check_mergeable(self, other: _OrbitTermsMetric) -> None:
+        """Raise :class:`ValueError` unless ``other`` measures the same rows as ``self``."""
+        if other.element_names != self.element_names or other.rows != self.rows:
+            raise ValueError(
+                f"cannot merge {type(self).__name__} over {self._describe()} (averaged rows {self.rows}) with one "
+                f"over {other._describe()} (averaged rows {other.rows}): merge only metrics of the same rows"
+            )
+
     def _checked_sums(self) -> tuple[Tensor, Tensor, Tensor]:
         element_sum, sumsq, count = self._sums()
         if count == 0:
@@ -203,6 +236,7 @@ class _BoundMetric(_OrbitTermsMetric):
         object.__setattr__(self, "model", model)
         self.group = group
         self.elements = None if elements is None else els
+        self._measured = els  # the rows' elements, also when elements=None (for merge_state)
         self.include_identity = include_identity
         self.eval_mode = bool(eval_mode)
         self.chunk_size = chunk_size
@@ -239,6 +273,30 @@ class _BoundMetric(_OrbitTermsMetric):
                 f"got {fgx.shape[0]} rows"
             )
         self.update(_Outputs(fx, fgx))
+
+    def _describe(self) -> str:
+        return f"{self.group!r} elements {self.element_names}"
+
+    def _check_mergeable(self, other: _OrbitTermsMetric) -> None:
+        same_group = other.group is self.group or (
+            type(other.group) is type(self.group) and repr(other.group) == repr(self.group)
+        )
+        same_elements = (
+            same_group
+            and len(other._measured) == len(self._measured)
+            and all(self.group.same_element(g, h) for g, h in zip(self._measured, other._measured))
+        )
+        if not (same_group and same_elements):
+            raise ValueError(
+                f"cannot merge {type(self).__name__} over {self._describe()} with one over {other._describe()}: "
+                "merge only metrics of the same group and elements"
+            )
+        super()._check_mergeable(other)
+        if getattr(other, "config", None) != getattr(self, "config", None):
+            raise ValueError(
+                f"cannot merge {type(self).__name__} with saliency options {self.config} with one with "
+                f"{other.config}: merge only metrics of the same options"
+            )
 
     def extra_repr(self) -> str:
         return f"group={self.group!r}, n_samples={self.n_samples}"
