@@ -343,3 +343,27 @@ def test_merge_state_of_saliency_needs_the_same_options():
     with pytest.raises(ValueError, match="same options"):
         a.merge_state(b)
     a.merge_state(ti.SaliencyInvariance(model, rot, n_steps=4))
+
+
+# ----------------------------------------------------------------------------- empty batches (issue 22 item 20)
+@pytest.mark.parametrize("cls", [ti.DistributionInvariance, ti.LogitInvariance, ti.SaliencyInvariance])
+def test_update_on_an_empty_selection_adds_nothing_like_update_terms(cls):
+    model, rot = mlp(16, dtype=F64), ti.get_group("rotation", order=4)
+    x = torch.randn(6, 1, 4, 4, dtype=F64)
+    keep = torch.tensor([True, False, True, False, False, True])
+    options = {"n_steps": 4} if cls is ti.SaliencyInvariance else {}
+    metric = cls(model, rot, **options)
+    metric.update_terms(torch.zeros(4, 0, dtype=F64))  # the reference behaviour: an empty batch of terms
+    metric.update(x[torch.zeros(6, dtype=torch.bool)])  # an empty selection: a no-op too
+    assert metric.n_samples == 0
+    metric.update(x[keep])
+    metric.update(x[torch.zeros(6, dtype=torch.bool)])
+    reference = cls(model, rot, **options)
+    reference.update(x[keep])
+    assert metric.n_samples == 3
+    torch.testing.assert_close(metric.compute_per_element(), reference.compute_per_element(), rtol=0, atol=0)
+    # an empty tensor of the wrong shape is still an error
+    with pytest.raises(ValueError):
+        metric.update(torch.zeros(0, 1, 4, 5, dtype=F64))
+    with pytest.raises(ValueError):
+        metric.update(torch.zeros(0))

@@ -253,10 +253,23 @@ class _BoundMetric(_OrbitTermsMetric):
             )
             return out[0], out[1:]
 
+    def _empty_batch(self, x: object) -> bool:
+        """Whether ``x`` is an empty batch ``(0, ...)`` the group could act on: its update adds nothing.
+
+        An empty selection (``x[mask]`` with no sample picked) is a legal batch, as an empty matrix of terms is for
+        :meth:`update_terms`; a tensor of the wrong shape still raises.
+        """
+        if not isinstance(x, Tensor) or x.dim() <= self.group.event_ndim or x.shape[0] != 0:
+            return False
+        self.group.check_input(x)
+        return True
+
     def update(self, x: Tensor, y: Tensor | None = None) -> None:  # type: ignore[override]
-        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
+        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored); an empty batch adds nothing."""
         if isinstance(x, _Terms):
             self._add(x.values)
+            return
+        if self._empty_batch(x):
             return
         fx, fgx = (x.fx, x.fgx) if isinstance(x, _Outputs) else self._orbit(x)
         self._add(type(self)._terms(fx.detach(), fgx.detach()))
@@ -478,9 +491,11 @@ class SaliencyInvariance(_BoundMetric):
         self.config = cfg
 
     def update(self, x: Tensor, y: Tensor | None = None) -> None:  # type: ignore[override]
-        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored)."""
+        """Add the batch ``x`` (``y`` is accepted for a uniform loop and ignored); an empty batch adds nothing."""
         if isinstance(x, _Terms):
             self._add(x.values)
+            return
+        if self._empty_batch(x):
             return
         terms = saliency_terms(
             self.model, self.group, x, None, self.config, eval_mode=self.eval_mode, elements=self.elements
