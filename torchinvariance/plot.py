@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -143,10 +144,14 @@ def saliency_orbit(
     for mi, (label, (images, maps)) in enumerate(drawn.items()):
         for s in range(b):
             row = mi * b + s
-            axes[row, 0].imshow(images[0, s].cpu().numpy(), cmap="gray")
+            background = images[0, s].cpu().numpy()
+            axes[row, 0].imshow(background, cmap="gray")
             axes[row, 0].set_ylabel(f"{label}\nsample {s}" if label else f"sample {s}", fontsize=8)
             for i in range(n):
-                axes[row, i + 1].imshow(maps[i, s].cpu().numpy(), cmap=cmap)
+                # the realigned map lies over x itself: draw x in grey, the salient pixels as a heat map over it
+                m = maps[i, s].cpu().numpy()
+                axes[row, i + 1].imshow(background, cmap="gray", alpha=0.45)
+                axes[row, i + 1].imshow(np.ma.masked_where(m <= 0, m), cmap=cmap, interpolation="nearest")
                 if row == 0:
                     axes[row, i + 1].set_title(f"$g^{{-1}} m(gx)$\n{names[i]}", fontsize=7)
     for ax in axes.flat:
@@ -255,11 +260,24 @@ def drift(
         _, axes = _mpl.new_figure(1, 1, figsize=(5.5, 3.8))
         ax = axes[0, 0]
     palette = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:olive", "tab:orange", "tab:gray"]
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
     ax2 = ax.twinx() if y2 is not None else None
     for k, (label, points) in enumerate(curves.items()):
         color = (colors or {}).get(label, palette[k % len(palette)])
         pts = [p for p in points if y in p]
-        ax.plot([p[x] for p in pts], [p[y] for p in pts], "-o", ms=3, color=color, label=f"{label} {y.upper()}")
+        # curves that coincide (two exactly invariant models at 0) stay visible: each later curve is drawn thinner
+        # and smaller, on top, with its own marker
+        ax.plot(
+            [p[x] for p in pts],
+            [p[y] for p in pts],
+            "-",
+            marker=markers[k % len(markers)],
+            ms=max(2.5, 6.5 - 1.5 * k),
+            lw=max(1.0, 3.0 - 0.8 * k),
+            zorder=2 + k,
+            color=color,
+            label=f"{label} {y.upper()}",
+        )
         if ax2 is not None:
             pts2 = [p for p in points if y2 in p and math.isfinite(p[y2])]
             if pts2:
@@ -271,8 +289,10 @@ def drift(
         ax2.set_ylabel(y2label)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    if handles:
-        ax.legend(handles, labels, fontsize=7, loc="best", framealpha=0.8)
+    if handles:  # below the panel, outside the data
+        ax.legend(
+            handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=max(1, len(curves))
+        )
     if title:
         ax.set_title(title)
     return ax.figure
@@ -335,14 +355,16 @@ def spectral(
         ax = axes[0, 0]
     palette = ["tab:red", "tab:purple", "tab:green", "tab:olive", "tab:blue", "tab:orange"]
     labels = list(stats)
+    stds = [stats[k][1] for k in labels]
     ax.bar(
         range(len(labels)),
         [stats[k][0] for k in labels],
-        yerr=[stats[k][1] for k in labels],
+        # error bars only where there is a spread: a single value (one seed) has none to draw
+        yerr=stds if any(v > 0 for v in stds) else None,
         color=[(colors or {}).get(k, palette[i % len(palette)]) for i, k in enumerate(labels)],
         capsize=3,
     )
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=30, ha="right", rotation_mode="anchor")
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)

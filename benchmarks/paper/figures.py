@@ -65,10 +65,11 @@ def figure5(agg: dict, path: Path) -> None:
     fig, axes = _figure(1, len(groups), (4.5 * len(groups), 3.5))
     for ax, g in zip(axes[0], groups):
         present = [m for m in models if m in agg[g]]
+        short = {**MODEL_LABELS, DETACHED: "IR (norm. L2, detached)\nnot in the paper"}
         ti.plot.spectral(
-            {MODEL_LABELS[m]: agg[g][m]["sigma_max"] for m in present},
+            {short[m]: agg[g][m]["sigma_max"] for m in present},
             ax=ax,
-            colors={MODEL_LABELS[m]: MODEL_COLORS[m] for m in present},
+            colors={short[m]: MODEL_COLORS[m] for m in present},
             title=GROUP_LABELS[g],
         )
     fig.suptitle("Figure 5: invariance-induced spectral decay")
@@ -90,10 +91,24 @@ def figure2(models: dict[str, nn.Module], group: ti.Group, x: Tensor, y: Tensor,
         )
         emb = emb.reshape(n, b, 2)
         labels = y.repeat(n).cpu().numpy()
-        ax.scatter(emb[..., 0].reshape(-1), emb[..., 1].reshape(-1), c=labels, cmap="tab10", s=6)
+        points = ax.scatter(
+            emb[..., 0].reshape(-1), emb[..., 1].reshape(-1), c=labels, cmap="tab10", s=8, vmin=0, vmax=9
+        )
         for s in range(min(5, b)):
             ring = [*list(range(n)), 0]
-            ax.plot(emb[ring, s, 0], emb[ring, s, 1], "k-", lw=0.6)
+            ax.plot(emb[ring, s, 0], emb[ring, s, 1], "-", color="black", lw=1.4, marker="o", ms=3.5, zorder=3)
+        handles, _ = points.legend_elements()
+        classes = sorted({int(c) for c in labels})
+        ax.legend(
+            handles[: len(classes)],
+            [f"class {c}" for c in classes],
+            fontsize=6,
+            title="digit",
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            frameon=False,
+        )
         ax.set_title(f"{MODEL_LABELS[name]}: penultimate layer")
         ax.set_xticks([])
         ax.set_yticks([])
