@@ -52,7 +52,13 @@ def test_saliency_orbit_figure_shows_the_maps():
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 2 * 2 * 5  # 2 models x 2 samples rows, input + 4 elements
     _, maps = ti.plot.orbit_saliency_maps(model, ROT, x, config=CFG)
-    np.testing.assert_allclose(fig.axes[3].images[0].get_array(), maps[2, 0].numpy())  # row 0, element rot180
+    background, heat = fig.axes[3].images  # row 0, element rot180: the input in grey, the map over it
+    np.testing.assert_allclose(background.get_array(), x[0, 0].numpy())
+    m = maps[2, 0].numpy()
+    drawn = heat.get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(drawn), m <= 0)  # only the salient pixels are coloured
+    np.testing.assert_allclose(np.ma.filled(drawn, 0.0), np.where(m > 0, m, 0.0))
+    assert (m > 0).any() and (m <= 0).any()  # the check sees both drawn and masked pixels
     assert fig.axes[3].get_title().endswith("rot180")
     assert fig.axes[5].get_ylabel() == "DA\nsample 1"
 
