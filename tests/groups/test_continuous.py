@@ -115,3 +115,24 @@ def test_assert_invariant_adds_the_interpolation_floor():
     assert float(errors.max()) > 1e-9  # not exact: the resampling shows
     with pytest.raises(AssertionError, match="interpolation floor"):
         ti.assert_invariant(inner, so2, x, elements=[15.0, 90.0])  # a plain MLP is far above the floor
+
+
+# ----------------------------------------------------------------------------- angles in [0, 360) (issue 22 item 12)
+@pytest.mark.parametrize("tiny", [-1e-300, -5e-324, -1e-14, -0.0])
+def test_so2_angles_stay_in_0_360_for_tiny_negative_angles(tiny):
+    so2 = ti.get_group("so2")
+    assert tiny % 360.0 in (360.0, 0.0)  # Python's modulo, which rounds all but -0.0 up to 360.0
+    results = {
+        "check_element": so2.check_element(tiny),
+        "inverse": so2.inverse(-tiny),
+        "compose": so2.compose(tiny, 0.0),
+        "resolve_elements": ti.orbit.resolve_elements(so2, [tiny])[0],
+    }
+    for what, angle in results.items():
+        assert 0.0 <= angle < 360.0, (what, angle)
+        assert angle == 0.0 and math.copysign(1.0, angle) == 1.0, (what, angle)
+    # such an angle is the identity: exact, and left out of the non-identity mean
+    x = _smooth(b=2, size=8)
+    assert torch.equal(so2.act(tiny, x), x)
+    with pytest.raises(ValueError, match="only the identity"):
+        ti.logit_invariance(mlp(64, dtype=F64), so2, x, elements=[tiny])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -149,19 +150,31 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
-def _check_normalize(spec: str, channels: int) -> None:
+def parse_normalize(spec: str, channels: int) -> tuple[list[float], list[float]] | None:
+    """``--normalize``: ``None`` for ``none``/``standardize``, else the per-channel ``(means, stds)``.
+
+    Every value must be a finite number and every STD positive (``nan:1`` or ``0:inf`` would turn the inputs into
+    NaN or zeros); 1 value each (for all channels) or ``channels`` values each.
+    """
     if spec in ("none", "standardize"):
-        return
+        return None
     mean, sep, std = spec.partition(":")
     try:
         means, stds = [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
     except ValueError:
         sep = ""
-    if not sep or len(means) not in (1, channels) or len(stds) != len(means) or min(stds) <= 0:
+    if (
+        not sep
+        or len(means) not in (1, channels)
+        or len(stds) != len(means)
+        or not all(math.isfinite(v) for v in (*means, *stds))
+        or min(stds) <= 0
+    ):
         raise AuditError(
             f"--normalize {spec!r}: expected none, standardize, or MEAN,...:STD,... with 1 or {channels} values "
-            "each and positive STD (e.g. 0.1307:0.3081)"
+            "each, all finite, and positive STD (e.g. 0.1307:0.3081)"
         )
+    return means, stds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> AuditConfig:
@@ -186,7 +199,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AuditConfig:
     metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
     if not metrics or any(m not in METRICS for m in metrics) or len(set(metrics)) != len(metrics):
         raise AuditError(f"--metrics must be a selection of {','.join(METRICS)} without repeats; got {args.metrics!r}")
-    _check_normalize(args.normalize, shape[0])
+    parse_normalize(args.normalize, shape[0])
     data = args.data
     if data not in ("mnist", "fmnist", "random") and not data.startswith("folder:"):
         raise AuditError(f"--data must be {DATA_CHOICES}; got {data!r}")

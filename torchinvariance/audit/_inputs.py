@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchinvariance.audit._config import AuditConfig, AuditError
+from torchinvariance.audit._config import AuditConfig, AuditError, parse_normalize
 
 __all__ = ["AuditData", "build_model", "describe_tensor", "load_data", "pick_device", "random_like"]
 
@@ -132,6 +132,7 @@ class AuditData:
     y: Tensor | None
     source: str
     skipped: int = 0  # samples left out because their label is not a class of the model
+    normalized: str = "none"  # the --normalize that was applied ("none" for random inputs, whatever was asked)
 
 
 def _read_idx(path: Path) -> Tensor:
@@ -236,17 +237,8 @@ def _normalize(x: Tensor, spec: str) -> Tensor:
     if spec == "standardize":
         dims = (0, 2, 3)
         return (x - x.mean(dims, keepdim=True)) / x.std(dims, keepdim=True).clamp_min(1e-12)
-    mean_s, sep, std_s = spec.partition(":")
-    try:
-        mean = torch.tensor([float(v) for v in mean_s.split(",")])
-        std = torch.tensor([float(v) for v in std_s.split(",")])
-    except ValueError:
-        sep = ""
-    if not sep or mean.numel() not in (1, x.shape[1]) or std.numel() != mean.numel() or bool((std <= 0).any()):
-        raise AuditError(
-            f"--normalize {spec!r}: expected none, standardize, or MEAN,...:STD,... with 1 or {x.shape[1]} values "
-            "each and positive STD (e.g. 0.1307:0.3081)"
-        )
+    means, stds = parse_normalize(spec, x.shape[1])  # type: ignore[misc]
+    mean, std = torch.tensor(means, dtype=x.dtype), torch.tensor(stds, dtype=x.dtype)
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
@@ -256,7 +248,8 @@ def load_data(cfg: AuditConfig, n_classes: int | None) -> AuditData:
     Samples whose label is not a class of the model (``label >= n_classes``, e.g. MNIST's 9 for the paper's
     9-class models) are left out and counted in ``skipped``.
     """
-    if cfg.data == "random":
+    if cfg.data == "random":  # drawn in the model's input space: --normalize is checked but not applied
+        parse_normalize(cfg.normalize, cfg.input_shape[0])
         g = torch.Generator().manual_seed(cfg.seed)
         return AuditData(torch.randn(cfg.samples, *cfg.input_shape, generator=g), None, "random N(0, 1)")
     if cfg.data in _TORCHVISION_FOLDERS:
@@ -274,7 +267,7 @@ def load_data(cfg: AuditConfig, n_classes: int | None) -> AuditData:
     else:
         x, y = x[: cfg.samples], (None if y is None else y[: cfg.samples])
     x = _normalize(_fit(x, cfg.input_shape, cfg.data), cfg.normalize)
-    return AuditData(x, y, cfg.data, skipped)
+    return AuditData(x, y, cfg.data, skipped, normalized=cfg.normalize)
 
 
 def random_like(x: Tensor, seed: int) -> Tensor:

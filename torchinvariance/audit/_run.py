@@ -153,7 +153,8 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
             "labels": y is not None,
             "skipped_labels_outside_the_model": data.skipped,
             "input_shape": list(cfg.input_shape),
-            "normalize": cfg.normalize,
+            "normalize": data.normalized,  # what was applied: random inputs are drawn already in the model's space
+            "normalize_requested": cfg.normalize,
             "statistics": describe_tensor(data.x),
         },
         "environment": {
@@ -244,7 +245,12 @@ def markdown(result: dict[str, Any]) -> str:
             if d["skipped_labels_outside_the_model"]
             else ""
         )
-        + f", normalize {d['normalize']}",
+        + f", normalize {d['normalize']}"
+        + (
+            f" (--normalize {d['normalize_requested']} not applied: random inputs are drawn N(0, 1) directly)"
+            if d.get("normalize_requested", d["normalize"]) != d["normalize"]
+            else ""
+        ),
         f"- device {result['environment']['device']}, torch {result['environment']['torch']}, "
         f"{result['seconds']:.1f} s, {result['created']}",
         "",

@@ -66,6 +66,12 @@ class ContinuousGroup(Group):
         return out.to(x.dtype).reshape(shape)
 
 
+def _mod360(angle: float) -> float:
+    """``angle`` modulo 360 in :math:`[0, 360)`: Python's ``%`` rounds a tiny negative angle up to ``360.0``."""
+    r = angle % 360.0
+    return 0.0 if r >= 360.0 else r + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
 def _check_interpolation(interpolation: str) -> str:
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
@@ -108,18 +114,18 @@ class SO2(ContinuousGroup):
         return 0.0
 
     def check_element(self, g: object) -> float:
-        """Any finite real angle in degrees, returned modulo 360."""
-        return self._number(g) % 360.0
+        """Any finite real angle in degrees, returned modulo 360, in :math:`[0, 360)`."""
+        return _mod360(self._number(g))
 
     def same_element(self, g: object, h: object) -> bool:
         d = (self.check_element(g) - self.check_element(h)) % 360.0
         return min(d, 360.0 - d) < 1e-9
 
     def compose(self, g: float, h: float) -> float:
-        return (self.check_element(g) + self.check_element(h)) % 360.0
+        return _mod360(self.check_element(g) + self.check_element(h))
 
     def inverse(self, g: float) -> float:
-        return (-self.check_element(g)) % 360.0
+        return _mod360(-self.check_element(g))
 
     def sample(self, k: int, generator: torch.Generator | None = None) -> list[float]:
         """``k`` angles drawn uniformly from :math:`[0, 360)`."""
