@@ -84,18 +84,26 @@ def aggregate(runs: dict[str, dict]) -> dict:
     return out
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _fmt(mean: float, std: float, digits: int, n: int = 2) -> str:
+    """``mean ± std``; the mean alone for one seed, whose std of 0 would read as a measured spread."""
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _li_fmt(mean: float, std: float) -> str:
-    return _fmt(mean, std, 2) if abs(mean) >= 0.01 or mean == 0 else f"{mean:.1e} ± {std:.1e}"
+def _stat(stat: dict, digits: int) -> str:
+    return _fmt(stat["mean"], stat["std"], digits, stat.get("n", 2))
+
+
+def _li_fmt(stat: dict) -> str:
+    mean, std, n = stat["mean"], stat["std"], stat.get("n", 2)
+    if abs(mean) >= 0.01 or mean == 0:
+        return _fmt(mean, std, 2, n)
+    return f"{mean:.1e}" if n == 1 else f"{mean:.1e} ± {std:.1e}"
 
 
 def table1(agg: dict) -> str:
     """Markdown Table 1: measured numbers with the paper's beside them (LI, DI, SI: the paper's convention)."""
     lines = [
-        f"LI, DI and SI are {CONVENTION}; mean ± std over seeds.",
+        f"LI, DI and SI are {CONVENTION}; mean ± std over seeds (with one seed, the value alone).",
         "",
         "| Group | Model | Acc. (%) | paper | LI ↓ | paper | DI ↓ | paper | SI ↑ | paper | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -112,10 +120,10 @@ def table1(agg: dict) -> str:
 
             lines.append(
                 f"| {GROUP_LABELS[g]} | {label} "
-                f"| {_fmt(cell['acc']['mean'], cell['acc']['std'], 1)} | {p('acc', 1)} "
-                f"| {_li_fmt(cell['li']['mean'], cell['li']['std'])} | {p('li', 2)} "
-                f"| {_fmt(cell['di']['mean'], cell['di']['std'], 3)} | {p('di', 1)} "
-                f"| {_fmt(cell['si']['mean'], cell['si']['std'], 2)} | {p('si', 2)} "
+                f"| {_stat(cell['acc'], 1)} | {p('acc', 1)} "
+                f"| {_li_fmt(cell['li'])} | {p('li', 2)} "
+                f"| {_stat(cell['di'], 3)} | {p('di', 1)} "
+                f"| {_stat(cell['si'], 2)} | {p('si', 2)} "
                 f"| {cell['acc']['n']} |"
             )
     return "\n".join(lines) + "\n"
@@ -131,7 +139,7 @@ def spectral_table(agg: dict) -> str:
         cells = []
         for m in models:
             c = agg.get(g, {}).get(m)
-            cells.append(_fmt(c["sigma_max"]["mean"], c["sigma_max"]["std"], 2) if c else "–")
+            cells.append(_stat(c["sigma_max"], 2) if c else "–")
         lines.append(f"| {GROUP_LABELS[g]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
