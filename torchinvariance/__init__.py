@@ -4,7 +4,19 @@ The public API is flat: ``import torchinvariance as ti`` and use ``ti.get_group`
 ``ti.InvarianceLoss``, ... See the documentation for the full reference.
 """
 
-from torchinvariance import actions, divergences, groups, metrics, models, orbit, plot, registry, spectral, testing
+from torchinvariance import (
+    actions,
+    divergences,
+    groups,
+    metrics,
+    models,
+    orbit,
+    plot,
+    registry,
+    spectral,
+    symmetry,
+    testing,
+)
 from torchinvariance.actions import OutputAction
 from torchinvariance.divergences import kl_divergence, l2_divergence, normalized_l2_divergence
 from torchinvariance.groups import (
@@ -36,6 +48,7 @@ from torchinvariance.models import MLP, EscnnInvariantMLP, GroupAveraged, GroupI
 from torchinvariance.orbit import orbit_forward
 from torchinvariance.registry import GroupRegistry, get_group, hookimpl, hookspec, list_groups, register_group
 from torchinvariance.spectral import jacobian_spectral_norm, weight_spectral_norms
+from torchinvariance.symmetry import SymmetrySpectrum, discover_symmetries
 from torchinvariance.testing import (
     assert_equivariant,
     assert_invariant,
@@ -68,6 +81,7 @@ __all__ = [
     "SaliencyConfig",
     "SaliencyInvariance",
     "Scale",
+    "SymmetrySpectrum",
     "Translation",
     "WeightedInvarianceLoss",
     "__version__",
@@ -76,6 +90,7 @@ __all__ = [
     "assert_invariant",
     "check_group",
     "distribution_invariance",
+    "discover_symmetries",
     "divergences",
     "equivariance_error",
     "evaluate_invariance",
@@ -101,6 +116,7 @@ __all__ = [
     "saliency_invariance",
     "saliency_map",
     "spectral",
+    "symmetry",
     "testing",
     "weight_spectral_norms",
 ]
