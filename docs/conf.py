@@ -6,7 +6,8 @@ Build (warnings are errors, as in ``.ci/run``)::
     python -m sphinx -W --keep-going -b doctest docs docs/_build/doctest
 
 Links into the PyTorch / NumPy / Python / captum documentation (intersphinx) need the network, so they are
-off by default and the build works offline. Turn them on with ``TORCHINVARIANCE_DOCS_INTERSPHINX=1``.
+off by default and the build works offline. Turn them on with ``TORCHINVARIANCE_DOCS_INTERSPHINX=1``. MathJax is
+served from the built site (``sphinx-mathjax-offline``), so the pages also read offline.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    # MathJax 3.2 vendored: sets mathjax_path to the local _static/mathjax/tex-chtml.js and copies MathJax
+    # (scripts, extensions, fonts) there, so the math renders without a network; tests/test_docs.py checks it.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_parser",  # only to include the Markdown files the benchmarks write (tables, claims)
 ]

@@ -1,4 +1,5 @@
-"""The documentation's examples run, its API reference is complete, and the README's Python blocks run."""
+"""The documentation's examples run, its API reference is complete, its pages read offline (MathJax is served
+from the built site), and the README's Python blocks run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,90 @@ def test_docs_doctest_builder(tmp_path):
     tests = re.search(r"^\s*(\d+) tests?$", report, re.M)
     assert tests and int(tests.group(1)) > 0, f"the doctest builder ran no example:\n{report}"
     assert re.search(r"^\s*0 failures in tests$", report, re.M), report
+
+
+class _Assets(HTMLParser):
+    """The ``<script src>`` and stylesheet ``<link href>`` of one HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "script" and a.get("src"):
+            self.urls.append(a["src"])
+        elif tag == "link" and "stylesheet" in (a.get("rel") or "").split() and a.get("href"):
+            self.urls.append(a["href"])
+
+
+def offline_problems(html_dir: Path) -> tuple[list[str], int]:
+    """What keeps the built site from reading offline, and how many pages load MathJax.
+
+    A script or stylesheet from another host (``http(s)://``, ``//``) is a problem, and so is a local one whose
+    file is not in the build; for MathJax, also a missing ``output/chtml/fonts`` folder beside its script.
+    """
+    problems: list[str] = []
+    mathjax_pages = 0
+    for page in sorted(html_dir.rglob("*.html")):
+        parser = _Assets()
+        parser.feed(page.read_text(encoding="utf-8"))
+        name = page.relative_to(html_dir)
+        for url in parser.urls:
+            if re.match(r"^([a-z][a-z0-9+.-]*:)?//", url, re.I):
+                problems.append(f"{name}: remote {url}")
+                continue
+            target = (page.parent / url.split("?")[0].split("#")[0]).resolve()
+            if not target.is_file():
+                problems.append(f"{name}: {url} is not in the build")
+            elif "mathjax" in url.lower():
+                mathjax_pages += 1
+                if not any((target.parent / "output" / "chtml" / "fonts").rglob("*.woff*")):
+                    problems.append(f"{name}: no MathJax fonts beside {url}")
+    return problems, mathjax_pages
+
+
+def test_offline_check_can_fail(tmp_path):
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "here.js").write_text("")
+    (tmp_path / "page.html").write_text(
+        '<script src="_static/here.js"></script><script src="_static/gone.js"></script>'
+        '<script defer src="https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example/x.css"><a href="https://example.org">a link is fine</a>'
+    )
+    problems, mathjax_pages = offline_problems(tmp_path)
+    assert problems == [
+        "page.html: _static/gone.js is not in the build",
+        "page.html: remote https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js",
+        "page.html: remote //fonts.example/x.css",
+    ]
+    assert mathjax_pages == 0
+
+
+@pytest.mark.slow
+def test_docs_html_reads_offline(tmp_path):
+    """The built pages load MathJax (and every script and stylesheet) from the build itself, not from a CDN.
+
+    The static half of the check; the rendering itself was looked at in headless Chromium with the network off
+    (see "Building this documentation" in docs/quickstart.rst).
+    """
+    pytest.importorskip("sphinx", reason='the docs tools are an extra: pip install -e ".[docs]"')
+    pytest.importorskip("myst_parser", reason='the docs tools are an extra: pip install -e ".[docs]"')
+    # warnings are the business of .ci/run's -W build; this one only needs the pages
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-b", "html", str(DOCS), str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"sphinx html build failed:\n{proc.stdout}\n{proc.stderr}"
+    problems, mathjax_pages = offline_problems(tmp_path)
+    assert not problems, "the built docs need the network:\n" + "\n".join(problems)
+    # the pages with math (the losses page has a display formula) load MathJax: the check is not vacuous
+    assert mathjax_pages > 0
+    assert "mathjax" in (tmp_path / "losses.html").read_text(encoding="utf-8").lower()
 
 
 def readme_python_blocks() -> list[str]:
