@@ -124,3 +124,71 @@ def test_bad_output_actions():
         ti.OutputAction.permutation([[0, 0]])
     with pytest.raises(ValueError, match="takes one argument"):
         ti.EquivarianceLoss(mlp(16), ROT, lambda a, b, c: a)
+
+
+# ----------------------------------------------------------------------------- outputs an action does not fit
+def _logits_model(classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, classes)).double()
+
+
+@pytest.mark.parametrize("classes", [3, 2])  # B == C: the (B, C) matrix is square, a rotation would accept it
+def test_same_on_logits_raises_instead_of_rotating_across_samples(classes):
+    """Issue 22 item 6: 'same' on (B, C) outputs rotated the logits matrix across samples and returned numbers."""
+    x = torch.randn(3, 1, 4, 4, dtype=F64) if classes == 3 else torch.randn(2, 1, 4, 4, dtype=F64)
+    model = _logits_model(classes)
+    match = r"output_action='same'.*at least 2 dims after the batch dim.*got outputs of shape \(\d, \d\)"
+    with pytest.raises(ValueError, match=match):
+        ti.equivariance_error(model, ROT, x, "same")
+    with pytest.raises(ValueError, match=match):
+        ti.EquivarianceLoss(model, ROT, "same")(x)
+    with pytest.raises(ValueError, match=match):
+        ti.EquivarianceLoss(model, ROT, "same")(x, logits=model(x))
+    with pytest.raises(ValueError, match=match):
+        ti.orbit_forward(model, ROT, x, output_action="same")
+    # an output of exactly (B, H, W), a mask without channels, is image-shaped and still works
+    mask = lambda z: z[:, 0] * 2.0  # noqa: E731  equivariant: pointwise
+    assert float(ti.equivariance_error(mask, ROT, x, "same").max()) == 0.0
+    # a 1-D group's "same" needs one dim after the batch dim: (B, T) outputs are fine
+    from helpers import Reverse
+
+    assert float(ti.equivariance_error(lambda z: z[:, 0], Reverse(), torch.randn(4, 2, 5), "same").max()) == 0.0
+
+
+def test_a_callable_action_must_keep_the_output_shape():
+    """Issue 22 item 7: a (1, C) result was reshaped into the batch (error) or trained on a slice (loss)."""
+    x = torch.randn(3, 1, 4, 4, dtype=F64)
+    model = _logits_model(3)
+    first = lambda g, y: y[:1]  # noqa: E731
+    flat = lambda g, y: y.reshape(-1)  # noqa: E731  same number of entries, another shape
+    for action in (first, flat, lambda g, y: y.tolist()):
+        with pytest.raises(ValueError, match=r"must return a tensor of the output's shape \(3, 3\).*returned"):
+            ti.equivariance_error(model, ROT, x, action)
+        with pytest.raises(ValueError, match=r"must return a tensor of the output's shape \(3, 3\)"):
+            ti.EquivarianceLoss(model, ROT, action)(x)
+        with pytest.raises(ValueError, match=r"must return a tensor of the output's shape \(3, 3\)"):
+            ti.EquivarianceLoss(model, ROT, action, chunk_size=2)(x, logits=model(x))
+    # test the tester: a callable that keeps the shape is used as before
+    assert ti.EquivarianceLoss(model, ROT, lambda g, y: y)(x).shape == ()
+
+
+def test_a_representation_needs_vector_outputs_of_its_size():
+    """Issue 22 item 9: rho(g) multiplied the last dim of any output, mixing image columns of feature maps."""
+    x = torch.randn(2, 1, 4, 4, dtype=F64)
+    conv = nn.Conv2d(1, 2, 1).double()  # (B, 2, 4, 4): the last dim (4) matches a 4x4 rho, but it is a column index
+    rho4 = lambda g: torch.eye(4, dtype=F64)  # noqa: E731
+    with pytest.raises(ValueError, match=r"acts on vector outputs \(B, d\); got outputs of shape \(2, 2, 4, 4\)"):
+        ti.equivariance_error(conv, ROT, x, rho4)
+    with pytest.raises(ValueError, match=r"acts on vector outputs \(B, d\)"):
+        ti.EquivarianceLoss(conv, ROT, rho4)(x)
+    rho2 = lambda g: torch.eye(2, dtype=F64)  # noqa: E731
+    with pytest.raises(ValueError, match=r"\(d, d\) matrix with d = 3.*got a matrix of shape \(2, 2\)"):
+        ti.equivariance_error(_logits_model(3), ROT, x, rho2)
+    # test the tester: the identity representation of the right size on (B, d) outputs is the trivial action
+    model = _logits_model(2)
+    torch.testing.assert_close(
+        ti.equivariance_error(model, ROT, x, rho2), ti.invariance_error(model, ROT, x), rtol=0, atol=0
+    )
+    # and a vector field, whose positions move too, is written as a callable as the message says
+    field = lambda z: torch.cat([z, z], 1)  # noqa: E731  two copies of the image: rho = identity, positions move
+    rot_field = lambda g, y: torch.einsum("ij,bj...->bi...", rho2(g), ROT.act(g, y))  # noqa: E731
+    assert float(ti.equivariance_error(field, ROT, x, rot_field).max()) == 0.0

@@ -62,7 +62,12 @@ class OutputAction:
 
     @classmethod
     def same(cls, group: Group) -> OutputAction:
-        r"""The output transforms like the input: :math:`g \cdot y` = ``group.act(g, y)``."""
+        r"""The output transforms like the input: :math:`g \cdot y` = ``group.act(g, y)``.
+
+        The outputs ``(B, ...)`` need at least ``group.event_ndim`` dims after the batch dim (for the image groups
+        ``(B, H, W)`` or ``(B, C, H, W)``); a ``(B, C)`` output raises :class:`ValueError` when applied instead of
+        being transformed across the batch.
+        """
         return _Same(group)
 
     @classmethod
@@ -84,9 +89,15 @@ class OutputAction:
     def representation(cls, rho: Callable[[Any], Tensor]) -> OutputAction:
         r"""Vector outputs ``(B, d)`` transform by a matrix: :math:`g \cdot y = y \rho(g)^\top`.
 
+        Only outputs of exactly two dims ``(B, d)`` are accepted: on a feature map the matrix would mix pixels of
+        the last dim. For outputs such as vector fields, write a callable ``(g, y) -> g · y``.
+
         Args:
             rho: ``rho(g)`` returns a ``(d, d)`` matrix; ``rho`` should be a
                 representation (:math:`\rho(gh) = \rho(g)\rho(h)`).
+
+        Raises:
+            ValueError: (when applied) an output that is not ``(B, d)`` or a matrix that is not ``(d, d)``.
         """
         return _Representation(rho)
 
@@ -103,6 +114,17 @@ class _Same(OutputAction):
         self.group = group
 
     def __call__(self, g: Any, y: Tensor) -> Tensor:
+        # y is a batch of outputs (B, ...): the group acts on its last event_ndim dims, which must come AFTER the
+        # batch dim. A (B, C) logits matrix would otherwise be rotated/flipped across samples as if it were an image.
+        nd = self.group.event_ndim
+        if not isinstance(y, Tensor) or y.dim() < nd + 1:
+            got = f"shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(
+                f"output_action='same' acts on each output like {self.group!r} acts on the input, on its last {nd} "
+                f"dims, so it needs outputs (B, ...) with at least {nd} dims after the batch dim (e.g. feature maps "
+                f"or masks (B, C, H, W)); got outputs of {got}. For class logits or vectors (B, C) use 'trivial', a "
+                "permutation of the classes or a representation rho(g)"
+            )
         return self.group.act(g, y)
 
 
@@ -139,11 +161,18 @@ class _Representation(OutputAction):
         self.rho = rho
 
     def __call__(self, g: Any, y: Tensor) -> Tensor:
-        m = torch.as_tensor(self.rho(g), dtype=y.dtype, device=y.device)
-        if m.dim() != 2 or m.shape[0] != m.shape[1] or y.shape[-1] != m.shape[1]:
+        if not isinstance(y, Tensor) or y.dim() != 2:
+            got = f"shape {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
             raise ValueError(
-                f"rho({g!r}) must be a square (d, d) matrix matching the last output dim {y.shape[-1]}; "
-                f"got shape {tuple(m.shape)}"
+                f"a representation rho(g) acts on vector outputs (B, d); got outputs of {got}. For feature maps "
+                "(e.g. a vector field (B, d, H, W), whose positions move too) pass a callable (g, y) -> g · y that "
+                "does both, e.g. `lambda g, y: torch.einsum('ij,bj...->bi...', rho(g), group.act(g, y))`"
+            )
+        m = torch.as_tensor(self.rho(g), dtype=y.dtype, device=y.device)
+        if m.dim() != 2 or m.shape[0] != m.shape[1] or y.shape[1] != m.shape[1]:
+            raise ValueError(
+                f"rho({g!r}) must be a square (d, d) matrix with d = {y.shape[1]}, the size of the vector outputs "
+                f"(B, d) of shape {tuple(y.shape)}; got a matrix of shape {tuple(m.shape)}"
             )
         return y @ m.transpose(0, 1)
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
-from torchinvariance.actions import OutputActionLike, resolve_output_action
+from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
 from torchinvariance.groups import Group, ensure_group, listed_elements
 
 __all__ = ["check_batch", "frozen_buffers", "measuring", "model_output", "orbit_forward", "resolve_elements"]
@@ -176,7 +176,9 @@ def orbit_forward(
 
     Raises:
         ValueError: an empty element list, bad ``chunk_size``, a batch the
-            group cannot act on, or a model output without one row per input.
+            group cannot act on, a model output without one row per input,
+            or an output action that does not fit the outputs or changes their
+            shape.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -201,7 +203,20 @@ def orbit_forward(
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if action.trivial:
         return out
-    return torch.stack([action(group.inverse(g), out[i]) for i, g in enumerate(els)])
+    return torch.stack([_act_on_output(action, group, g, out[i]) for i, g in enumerate(els)])
+
+
+def _act_on_output(action: OutputAction, group: Group, g: Any, y: Tensor) -> Tensor:
+    """``g^{-1} · y`` for the outputs ``y`` ``(B, ...)`` of ``g · x``, checked to keep ``y``'s shape."""
+    back = action(group.inverse(g), y)
+    if not isinstance(back, Tensor) or back.shape != y.shape:
+        got = f"a tensor of shape {tuple(back.shape)}" if isinstance(back, Tensor) else type(back).__name__
+        raise ValueError(
+            f"the output action {action.name!r} must return a tensor of the output's shape {tuple(y.shape)} "
+            f"(B, ...), one transformed output per sample; for element {group.element_name(group.inverse(g))} it "
+            f"returned {got}"
+        )
+    return back
 
 
 def resolve_elements(group: Group, elements: Sequence | None) -> list:
