@@ -13,6 +13,7 @@ from torchinvariance import (
     orbit,
     plot,
     registry,
+    robustness,
     spectral,
     symmetry,
     testing,
@@ -47,6 +48,7 @@ from torchinvariance.metrics import (
 from torchinvariance.models import MLP, EscnnInvariantMLP, GroupAveraged, GroupInvariantMLP
 from torchinvariance.orbit import orbit_forward
 from torchinvariance.registry import GroupRegistry, get_group, hookimpl, hookspec, list_groups, register_group
+from torchinvariance.robustness import FlipResult, WorstCaseResult, smallest_flip, worst_case
 from torchinvariance.spectral import jacobian_spectral_norm, weight_spectral_norms
 from torchinvariance.symmetry import SymmetrySpectrum, discover_symmetries
 from torchinvariance.testing import (
@@ -68,6 +70,7 @@ __all__ = [
     "EquivarianceLoss",
     "EscnnInvariantMLP",
     "Flip",
+    "FlipResult",
     "Group",
     "GroupAveraged",
     "GroupInvariantMLP",
@@ -84,6 +87,7 @@ __all__ = [
     "SymmetrySpectrum",
     "Translation",
     "WeightedInvarianceLoss",
+    "WorstCaseResult",
     "__version__",
     "actions",
     "assert_equivariant",
@@ -113,10 +117,13 @@ __all__ = [
     "plot",
     "register_group",
     "registry",
+    "robustness",
     "saliency_invariance",
     "saliency_map",
+    "smallest_flip",
     "spectral",
     "symmetry",
     "testing",
     "weight_spectral_norms",
+    "worst_case",
 ]

@@ -169,10 +169,10 @@ def discover_symmetries(
 
     The input gradients :math:`\partial f_k / \partial x` come from autograd, in the dtype of ``x`` (pass a float64
     model and ``x`` for an analysis that is exact in float64); the image gradients (finite differences in the
-    coordinates of :func:`affine_coordinates`), the products, sums and the decomposition are in float64. Inputs
-    that are smooth and fall to zero towards the border give the most faithful image gradients; the discretization
-    error of the default 3-point stencil falls as the square of the pixel size, that of ``"central4"`` as its
-    fourth power.
+    coordinates of :func:`~torchinvariance.symmetry.affine_coordinates`), the products, sums and the decomposition
+    are in float64. Inputs that are smooth and fall to zero towards the border give the most faithful image
+    gradients; the discretization error of the default 3-point stencil falls as the square of the pixel size, that
+    of ``"central4"`` as its fourth power.
 
     Args:
         model: a callable mapping ``(B, ..., H, W)`` to ``(B, ...)`` outputs (logits); every output is a row.
@@ -185,7 +185,8 @@ def discover_symmetries(
 
     Returns:
         The :class:`SymmetrySpectrum`: singular values (ascending), generators, their distances to the rotation,
-        scaling and translation generators of :data:`REFERENCE_GENERATORS`, and the per-sample rows.
+        scaling and translation generators of
+        :data:`~torchinvariance.symmetry.REFERENCE_GENERATORS`, and the per-sample rows.
 
     Raises:
         TypeError: ``model`` is not callable or ``x`` is not a tensor.
