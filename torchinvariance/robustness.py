@@ -124,7 +124,8 @@ def worst_case(
         y: ``(B,)`` integer labels.
         elements: the elements to try; default every element of a finite group (identity first). A continuous
             group needs a grid, e.g. ``range(0, 360, 5)`` for ``so2`` or ``[0.8, 0.9, 1.1, 1.25]`` for ``scale``.
-            The clean accuracy is measured on ``x`` itself whether or not the identity is listed.
+            The clean accuracy is measured on ``x`` itself whether or not the identity is listed (for ``so2`` with
+            ``mask="circle"``, give inputs that are zero outside the disk, as every non-identity angle masks them).
         chunk_size: at most this many elements per forward (:func:`~torchinvariance.orbit_forward`).
         eval_mode: measure in eval mode (default); ``False`` keeps the model's modes.
 
