@@ -74,8 +74,18 @@ def test_results_are_float32_by_default_sums_float64():
     for x in batches:
         metric.update(x)
     with torch.no_grad():
+        # reference: the float32 outputs, their differences in float64 (as li_terms takes them), element by element
         ref = np.concatenate(
-            [ti.logit_invariance(model, group, x, reduction="none").double().numpy() for x in batches], 1
+            [
+                np.stack(
+                    [
+                        0.5 * ((model(group.act(g, x)).double() - model(x).double()) ** 2).sum(1).numpy()
+                        for g in group.elements()
+                    ]
+                )
+                for x in batches
+            ],
+            1,
         )
     assert metric.compute().dtype == torch.float32 and metric.compute_per_element().dtype == torch.float32
     assert all(v.dtype == F64 for v in metric.metric_state.values())
@@ -367,3 +377,20 @@ def test_update_on_an_empty_selection_adds_nothing_like_update_terms(cls):
         metric.update(torch.zeros(0, 1, 4, 5, dtype=F64))
     with pytest.raises(ValueError):
         metric.update(torch.zeros(0))
+
+
+def test_logit_invariance_of_logits_near_1e20_is_finite_in_float64():
+    """Issue 22 item 10: the terms were squared in float32 before reaching the float64 states: inf."""
+    flip = ti.get_group("flip")
+    x = torch.zeros(4, 1, 4, 4)
+    x[..., 0] = 1.0
+    model = lambda z: 1e20 * (z[:, 0, :, :1] - z[:, 0, :, -1:]).sum(1)  # noqa: E731  float32, sign flips
+    metric = ti.LogitInvariance(model, flip).set_dtype(F64)
+    metric.update(x)
+    metric.update_from_outputs(model(x), torch.stack([model(x), model(flip.act(1, x))]))
+    # reference, per element and sample in float64: 0.5 * (4e20)^2 for the flip, 0 for the identity
+    ref = 0.5 * (float(model(x)[0, 0]) - float(model(flip.act(1, x))[0, 0])) ** 2
+    assert metric.compute().dtype == F64
+    np.testing.assert_allclose(metric.compute().item(), ref, rtol=1e-12)
+    np.testing.assert_allclose(metric.compute_per_element().numpy(), [0.0, ref], rtol=1e-12)
+    assert torch.isinf(ti.LogitInvariance(model, flip).forward(x))  # float32 results: beyond float32's range

@@ -9,6 +9,7 @@ from helpers import BUILTIN_GROUPS, Listed, OrbitAveraged, group_id, image_batch
 from torch import nn
 
 import torchinvariance as ti
+from torchinvariance.metrics._functional import li_terms
 
 F64 = torch.float64
 
@@ -173,3 +174,32 @@ def test_a_group_listing_the_identity_elsewhere_is_rejected_not_measured_against
     assert torch.equal(terms[3], torch.zeros(3, dtype=F64))
     assert bool((terms[:3] > 0).all())
     torch.testing.assert_close(terms, measure(model, Listed([0, 1, 2, 3]), x, reduction="none")[[1, 2, 3, 0]])
+
+
+# ----------------------------------------------------------------------------- large logits (issue 22 item 10)
+def _antisymmetric(scale):
+    """Float32 logits ``scale * (left column - right column)``: their sign flips under the left-right flip."""
+    return lambda z: scale * (z[:, 0, :, :1] - z[:, 0, :, -1:]).sum(1)
+
+
+def test_li_differences_are_taken_in_float64_so_large_float32_logits_stay_finite():
+    """(2e19)^2 overflows float32 but half of it does not: float32 differences gave inf, float64 ones 2e38."""
+    flip = ti.get_group("flip")
+    x = torch.zeros(3, 1, 4, 4)
+    x[:, 0, 0, 0] = torch.tensor([1.0, 0.5, 0.25])  # f(x) = 1e19 * (1, 0.5, 0.25), f(flip x) = -f(x)
+    model = _antisymmetric(1e19)
+    # reference: an explicit loop in float64 over the elements and samples
+    ref = np.zeros((2, 3))
+    for i, g in enumerate(flip.elements()):
+        for b in range(3):
+            d = model(flip.act(g, x[b : b + 1])).double() - model(x[b : b + 1]).double()
+            ref[i, b] = 0.5 * float((d**2).sum())
+    terms = ti.logit_invariance(model, flip, x, reduction="none")
+    assert terms.dtype == torch.float32 and bool(torch.isfinite(terms).all())
+    np.testing.assert_allclose(terms.double().numpy(), ref, rtol=1e-6)
+    np.testing.assert_allclose(ti.logit_invariance(model, flip, x).item(), ref[1].mean(), rtol=1e-6)
+    # the terms themselves are float64, and a float64 model's LI is unchanged
+    fx = model(x)
+    assert li_terms(fx, torch.stack([fx, -fx])).dtype == F64
+    # test the tester: at 1e20 the value itself is beyond float32, and the function says so with inf
+    assert torch.isinf(ti.logit_invariance(_antisymmetric(1e20), flip, x))

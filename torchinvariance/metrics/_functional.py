@@ -61,14 +61,31 @@ def di_terms(fx: Tensor, fgx: Tensor) -> Tensor:
 
 
 def li_terms(fx: Tensor, fgx: Tensor) -> Tensor:
-    r"""LI terms :math:`\tfrac12 \lVert f(x_b) - f(g_i x_b) \rVert_2^2`, ``(n, B)``.
+    r"""LI terms :math:`\tfrac12 \lVert f(x_b) - f(g_i x_b) \rVert_2^2`, ``(n, B)``, in float64.
+
+    The differences are taken in float64 before they are squared, whatever the outputs' dtype, so that large
+    logits (:math:`10^{20}` in float32, whose squared difference overflows float32) give finite terms for the
+    float64 states of :class:`~torchinvariance.LogitInvariance`.
 
     Args:
         fx: outputs ``(B, ...)``.
         fgx: outputs on the orbit ``(n, B, ...)``.
+
+    Example:
+        >>> import torch
+        >>> from torchinvariance.metrics._functional import li_terms
+        >>> fx = torch.tensor([[1e20, 0.0]])
+        >>> li_terms(fx, torch.stack([fx, -fx]))
+        tensor([[0.0000e+00],
+                [2.0000e+40]], dtype=torch.float64)
     """
     _check_pair(fx, fgx)
-    return orbit_divergence("l2", fx, fgx)
+    return orbit_divergence("l2", fx.to(torch.float64), fgx.to(torch.float64))
+
+
+def _result_dtype(out: Tensor) -> torch.dtype:
+    """The dtype the functions return a metric in: the outputs' floating dtype, float32 for half precision."""
+    return out.dtype if out.is_floating_point() and out.dtype not in (torch.float16, torch.bfloat16) else torch.float32
 
 
 def check_finite(out: Tensor, group: Group, what: str = "model output", elements: Sequence | None = None) -> None:
@@ -218,7 +235,11 @@ def logit_invariance(
     identity's term being 0). Any
     output shape ``(N, ...)`` works (the norm runs over all non-batch dims).
     The whole orbit goes through ``model`` in one batched forward; the result
-    keeps the autograd graph.
+    keeps the autograd graph. The differences, squares and sums are computed
+    in float64 and the result is returned in the outputs' dtype (float32 for
+    half precision): a value beyond that dtype's range is ``inf`` there; the
+    accumulating :class:`~torchinvariance.LogitInvariance` with
+    ``set_dtype(torch.float64)`` returns it finite.
 
     Args:
         model: module returning ``(N, ...)`` for inputs ``(N, ...)``.
@@ -239,7 +260,8 @@ def logit_invariance(
             over the non-identity elements; ``True``: over all of them.
 
     Returns:
-        Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``.
+        Scalar for ``"mean"``/``"sum"``, ``(group.order, B)`` for ``"none"``,
+        in the outputs' dtype (float32 for half precision).
 
     Raises:
         ValueError: bad ``reduction``, a group that cannot act on ``x``,
@@ -256,7 +278,7 @@ def logit_invariance(
     check_reduction(reduction)
     fx, fgx = _pair(model, group, x, elements, eval_mode, chunk_size)
     rows = averaged_rows(group, elements, include_identity)
-    return reduce_terms(li_terms(fx, fgx), reduction, rows)
+    return reduce_terms(li_terms(fx, fgx), reduction, rows).to(_result_dtype(fx))
 
 
 def interpolation_floor(
@@ -325,4 +347,4 @@ def interpolation_floor(
         back = model_output(model(trips.flatten(0, 1)), rows)
     back = back.reshape(len(els), x.shape[0], *back.shape[1:])
     terms = di_terms(fx, back) if metric == "di" else li_terms(fx, back)
-    return reduce(terms, reduction)
+    return reduce(terms, reduction).to(_result_dtype(fx))
