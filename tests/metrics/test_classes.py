@@ -394,3 +394,92 @@ def test_logit_invariance_of_logits_near_1e20_is_finite_in_float64():
     np.testing.assert_allclose(metric.compute().item(), ref, rtol=1e-12)
     np.testing.assert_allclose(metric.compute_per_element().numpy(), [0.0, ref], rtol=1e-12)
     assert torch.isinf(ti.LogitInvariance(model, flip).forward(x))  # float32 results: beyond float32's range
+
+
+# ----------------------------------------------------------------------------- elements=k / lists (issue 20 items 1, 4)
+def _loop_terms(model, group, x, elements):
+    """An explicit per-element, per-sample loop in float64: the LI and DI terms of every element (n, B)."""
+    li, di = [], []
+    with torch.no_grad():
+        fx = model(x)
+        for g in elements:
+            fgx = model(group.act(g, x))
+            li.append([0.5 * float(((fx[b] - fgx[b]) ** 2).sum()) for b in range(x.shape[0])])
+            p, q = torch.softmax(fx, -1), torch.softmax(fgx, -1)
+            di.append([float((p[b] * (p[b].log() - q[b].log())).sum()) for b in range(x.shape[0])])
+    return np.array(li), np.array(di)
+
+
+@pytest.mark.parametrize("spec", [("so2", {}), ("scale", {}), ("rotation", {"order": 4}), ("dihedral", {})])
+def test_elements_k_draws_once_with_the_seed_and_matches_a_per_element_loop(spec):
+    group = ti.get_group(spec[0], **spec[1])
+    model = mlp(36, classes=4, dtype=F64, seed=3)
+    k = 2
+    li = ti.LogitInvariance(model, group, elements=k, seed=5)
+    di = ti.DistributionInvariance(model, group, elements=k, seed=5)
+    els = li.elements
+    assert len(els) == k and di.elements == els  # the same (k, seed): the same elements
+    assert ti.LogitInvariance(model, group, elements=k, seed=6).elements != els
+    if group.is_finite:  # k distinct non-identity elements, in the listing's order
+        listing = list(group.elements())
+        assert len(set(els)) == k and group.identity not in els and els == sorted(els, key=listing.index)
+    else:  # group.sample(k) of a generator seeded with the seed, sorted by value
+        assert els == sorted(group.sample(k, generator=torch.Generator().manual_seed(5)))
+    assert li.element_names == [group.element_name(g) for g in els]
+    batches = _data()
+    for x in batches:
+        li.update(x)
+        di.update(x)
+    x = torch.cat(batches)
+    li_ref, di_ref = _loop_terms(model, group, x, els)
+    for metric, ref in ((li, li_ref), (di, di_ref)):
+        np.testing.assert_allclose(metric.set_dtype(F64).compute_per_element().numpy(), ref.mean(1), rtol=1e-10)
+        np.testing.assert_allclose(metric.compute().item(), ref.mean(), rtol=1e-10)  # no identity drawn: all rows
+    assert li_ref.min() > 1e-8  # the model is not invariant: a wrong row would be seen
+
+
+def test_explicit_continuous_elements_match_a_per_element_loop_with_the_identity_left_out_of_the_mean():
+    so2 = ti.get_group("so2")
+    model = mlp(36, classes=4, dtype=F64, seed=1)
+    angles = [0.0, 30.0, 45.0, 90.0, 200.0]
+    metric = ti.LogitInvariance(model, so2, elements=angles).set_dtype(F64)
+    x = torch.cat(_data())
+    metric.update(x)
+    ref, _ = _loop_terms(model, so2, x, angles)
+    np.testing.assert_allclose(metric.compute_per_element().numpy(), ref.mean(1), rtol=1e-10, atol=1e-300)
+    assert ref[0].max() == 0.0
+    np.testing.assert_allclose(metric.compute().item(), ref[1:].mean(), rtol=1e-10)
+    assert ref[1:].min() > 1e-8  # the model is not invariant: a wrong row would be seen
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
+        ({"chunk_size": True}, ValueError, "chunk_size must be a positive int"),
+        ({"eval_mode": "no"}, TypeError, "eval_mode must be True"),
+        ({"elements": 0}, ValueError, "needs k >= 1"),
+        ({"elements": 1.5}, TypeError, "elements must be None"),
+        ({"elements": True}, TypeError, "elements must be None"),
+        ({"elements": 4}, ValueError, "only 3"),  # rotation order 4: 3 non-identity elements
+        ({"elements": [7]}, ValueError, "elements 0..3"),
+        ({"elements": 2, "seed": -1}, ValueError, "seed must be an int"),
+        ({"elements": 2, "seed": "0"}, ValueError, "seed must be an int"),
+    ],
+)
+@pytest.mark.parametrize("cls", [ti.DistributionInvariance, ti.LogitInvariance, ti.SaliencyInvariance])
+def test_metric_classes_reject_bad_arguments_when_built(cls, kwargs, error, match):
+    model = mlp(36)
+    with pytest.raises(error, match=match):
+        cls(model, ti.get_group("rotation", order=4), **kwargs)
+
+
+def test_metric_classes_reject_continuous_groups_without_elements_and_bad_configs_when_built():
+    model = mlp(36)
+    for cls in (ti.DistributionInvariance, ti.LogitInvariance, ti.SaliencyInvariance):
+        with pytest.raises(ValueError, match="continuous: pass elements="):
+            cls(model, ti.get_group("so2"))
+        with pytest.raises(ValueError, match="real-number elements"):
+            cls(model, ti.get_group("so2"), elements=[float("nan")])
+    with pytest.raises(TypeError, match="config must be a SaliencyConfig"):
+        ti.SaliencyInvariance(model, ti.get_group("flip"), config={"n_steps": 4})

@@ -23,6 +23,7 @@ from torchinvariance.metrics._functional import di_terms, li_terms, orbit_output
 from torchinvariance.metrics._reduction import (
     averaged_rows,
     check_include_identity,
+    measured_elements,
     orbit_compute,
     orbit_std,
     orbit_update,
@@ -221,24 +222,35 @@ class _BoundMetric(_OrbitTermsMetric):
         model: Callable[[Tensor], Tensor],
         group: Group,
         *,
-        elements: Sequence | None = None,
+        elements: Sequence | int | None = None,
+        seed: int = 0,
         include_identity: bool = False,
         eval_mode: bool = True,
         chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        # every argument is checked here, when the metric is built, not in the first update() (inside training)
         check_model(model)
         ensure_group(group)
         check_include_identity(include_identity)
-        els = resolve_elements(group, elements)
+        if not isinstance(eval_mode, bool):
+            raise TypeError(f"eval_mode must be True (measure in eval() mode) or False; got {eval_mode!r}")
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive int (group elements per forward) or None; got {chunk_size!r}"
+            )
+        chosen = measured_elements(group, elements, seed)
+        els = resolve_elements(group, chosen)
         super().__init__([group.element_name(g) for g in els], averaged_rows(group, els, include_identity), **kwargs)
         # held, not registered: the model is neither in the metric's state_dict() nor moved by metric.to()
         object.__setattr__(self, "model", model)
         self.group = group
-        self.elements = None if elements is None else els
+        self.elements = chosen  # None: the whole finite group (its orbit's first row is f(x)); else the list
         self._measured = els  # the rows' elements, also when elements=None (for merge_state)
         self.include_identity = include_identity
-        self.eval_mode = bool(eval_mode)
+        self.eval_mode = eval_mode
         self.chunk_size = chunk_size
 
     def _orbit(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -351,8 +363,17 @@ class DistributionInvariance(_BoundMetric):
     Args:
         model: classifier returning logits.
         group: the group.
-        elements: the elements to measure (default every element of a finite
-            group, identity first); required for continuous groups.
+        elements: the elements to measure, fixed for the metric's life (its
+            rows): ``None`` (default) every element of a finite group,
+            identity first; a list of elements (e.g. angles in degrees for
+            ``so2``); or an int ``k``, ``k`` elements drawn once, when the
+            metric is built, with a generator seeded by ``seed`` (for a
+            continuous group ``group.sample(k)`` sorted by value, for a finite
+            group ``k`` distinct non-identity elements). A continuous group
+            needs a list or ``k``. Unlike :class:`~torchinvariance.InvarianceLoss`, whose
+            ``elements=k`` draws anew on every call, a metric keeps its rows.
+        seed: the seed of the draw for ``elements=k`` (default 0): the same
+            ``(k, seed)`` gives the same elements on every process.
         include_identity: ``False`` (default): ``compute()`` averages over the
             non-identity elements; ``True``: over all of them.
         eval_mode: measure with the model in ``eval()`` mode (default), see
@@ -360,6 +381,15 @@ class DistributionInvariance(_BoundMetric):
         chunk_size: at most this many group elements per forward.
         **kwargs: options of :class:`torchmetrics.Metric` (``sync_on_compute``,
             ``process_group``, ``dist_sync_fn``, ...).
+
+    Raises:
+        ValueError: (when built) a continuous group without ``elements``, an
+            element the group rejects, a finite group whose ``elements()`` is
+            not a valid listing, ``k < 1`` or not below a finite group's order, a
+            bad ``chunk_size`` or ``seed``.
+        TypeError: (when built) a model that is not callable, a group that is
+            not a :class:`~torchinvariance.Group`, ``elements``,
+            ``include_identity`` or ``eval_mode`` of the wrong type.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -372,6 +402,12 @@ class DistributionInvariance(_BoundMetric):
         >>> metric.element_names
         ['rot0', 'rot90', 'rot180', 'rot270']
         >>> metric.reset()
+        >>> so2 = ti.get_group("so2")  # a continuous group: a list of angles, or k angles drawn with a seed
+        >>> ti.DistributionInvariance(model, so2, elements=[0.0, 45.0, 90.0]).element_names
+        ['rot0', 'rot45', 'rot90']
+        >>> ti.DistributionInvariance(model, so2, elements=3, seed=1).elements == ti.DistributionInvariance(
+        ...     model, so2, elements=3, seed=1).elements
+        True
     """
 
     higher_is_better: ClassVar[bool] = False
@@ -395,6 +431,7 @@ class LogitInvariance(_BoundMetric):
         model: module returning ``(N, ...)``.
         group: the group.
         elements: as in :class:`DistributionInvariance`.
+        seed: as in :class:`DistributionInvariance`.
         include_identity: as in :class:`DistributionInvariance`.
         eval_mode: measure with the model in ``eval()`` mode (default), see
             :func:`~torchinvariance.logit_invariance`.
@@ -448,6 +485,7 @@ class SaliencyInvariance(_BoundMetric):
         backend: ``"torch"`` (default) or ``"captum"``, see
             :func:`~torchinvariance.saliency_map`.
         elements: as in :class:`DistributionInvariance`.
+        seed: as in :class:`DistributionInvariance`.
         include_identity: as in :class:`DistributionInvariance`.
         eval_mode: attribute with the model in ``eval()`` mode (default).
         config: a :class:`~torchinvariance.SaliencyConfig`; when given, it
@@ -478,15 +516,24 @@ class SaliencyInvariance(_BoundMetric):
         *,
         padding: Padding = "circular",
         backend: Backend = "torch",
-        elements: Sequence | None = None,
+        elements: Sequence | int | None = None,
+        seed: int = 0,
         include_identity: bool = False,
         eval_mode: bool = True,
         config: SaliencyConfig | None = None,
         **kwargs: Any,
     ) -> None:
+        if config is not None and not isinstance(config, SaliencyConfig):
+            raise TypeError(f"config must be a SaliencyConfig (the SI recipe) or None; got {type(config).__name__}")
         cfg = config or SaliencyConfig(n_steps, threshold, kernel_size, sigma, internal_batch_size, padding, backend)
         super().__init__(
-            model, group, elements=elements, include_identity=include_identity, eval_mode=eval_mode, **kwargs
+            model,
+            group,
+            elements=elements,
+            seed=seed,
+            include_identity=include_identity,
+            eval_mode=eval_mode,
+            **kwargs,
         )
         self.config = cfg
 

@@ -18,16 +18,19 @@ turn sums into the metric: the functional forms call both on one batch (:func:`r
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from torchinvariance.groups import Group
+from torchinvariance.groups import Group, listed_elements
+from torchinvariance.orbit import resolve_elements
 
 __all__ = [
     "averaged_rows",
     "check_include_identity",
+    "measured_elements",
     "orbit_compute",
     "orbit_std",
     "orbit_update",
@@ -43,6 +46,64 @@ def check_include_identity(include_identity: object) -> bool:
             f"elements, the default); got {include_identity!r}"
         )
     return include_identity
+
+
+def measured_elements(group: Group, elements: Sequence | int | None, seed: int = 0) -> list | None:
+    """The elements a metric measures, resolved once: ``None`` (the whole finite group), a list, or ``k`` drawn.
+
+    - ``None``: every element of a finite group (its listing checked, identity first); returned as ``None`` so
+      that the caller runs the whole orbit, whose first row is :math:`f(x)`. A continuous group raises.
+    - a sequence: the elements in that order, each checked by ``group.check_element``.
+    - an int ``k``: ``k`` elements drawn ONCE with a :class:`torch.Generator` seeded with ``seed``, so the same
+      ``(k, seed)`` gives the same elements on every call and every process: for a continuous group
+      ``group.sample(k, generator)`` sorted by value (angles, factors), for a finite group ``k`` distinct non-identity
+      elements (``k < order``) in the order of ``group.elements()``.
+
+    Raises:
+        ValueError: ``None`` for a continuous group, an empty list, an element the group rejects, ``k < 1``, ``k``
+            not below the order of a finite group, or a bad ``seed``.
+        TypeError: ``elements`` of another type (a float, a bool, a string, a set).
+
+    Example:
+        >>> import torchinvariance as ti
+        >>> from torchinvariance.metrics._reduction import measured_elements
+        >>> so2 = ti.get_group("so2")
+        >>> measured_elements(so2, 3, seed=0) == measured_elements(so2, 3, seed=0)
+        True
+        >>> measured_elements(so2, [-90, 45])
+        [270.0, 45.0]
+        >>> measured_elements(ti.get_group("rotation", order=4), 2, seed=0)  # two of the three rotations
+        [1, 3]
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), the seed of the draw of elements=k; got {seed!r}")
+    if isinstance(elements, bool) or isinstance(elements, float):
+        raise TypeError(
+            "elements must be None (every element of a finite group), an int k >= 1 (k elements drawn once with "
+            f"the seed) or a sequence of group elements; got {elements!r}"
+        )
+    if isinstance(elements, numbers.Integral):
+        k = int(elements)
+        if k < 1:
+            raise ValueError(f"elements=k draws k elements and needs k >= 1; got {elements!r}")
+        gen = torch.Generator().manual_seed(int(seed))
+        if not group.is_finite:
+            drawn = [group.check_element(g) for g in group.sample(k, generator=gen)]
+            if all(isinstance(g, numbers.Real) for g in drawn):
+                drawn.sort()
+            return drawn
+        listing = listed_elements(group)[1:]  # the identity (first) changes nothing: draw the others
+        if k > len(listing):
+            raise ValueError(
+                f"elements={k} draws {k} distinct non-identity elements, but {group!r} has only {len(listing)}: "
+                "pass elements=None to measure every element"
+            )
+        picked = sorted(torch.randperm(len(listing), generator=gen)[:k].tolist())
+        return [listing[i] for i in picked]
+    if elements is None:
+        resolve_elements(group, None)  # a continuous group, or a wrong listing, raises here
+        return None
+    return resolve_elements(group, elements)
 
 
 def averaged_rows(group: Group, elements: Sequence | None, include_identity: bool) -> list[bool]:
