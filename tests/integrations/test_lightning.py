@@ -1,5 +1,6 @@
 """InvarianceMonitor and the metric classes with a real lightning.Trainer on the CPU (1 process and DDP with 2)."""
 
+import copy
 import json
 import os
 import subprocess
@@ -180,3 +181,77 @@ def test_monitor_under_ddp_two_processes(tmp_path):
     np.testing.assert_allclose(res["logged"]["invariance/li"], res["li"], rtol=1e-5)
     np.testing.assert_allclose(res["logged"]["invariance/di"], res["di"], rtol=1e-5)
     assert abs(res["logged"]["invariance/li"] - res["li_rank0_alone"]) > 1e-4 * res["li"]  # the sync is not vacuous
+
+
+# ----------------------------------------------------------------------------- reuse, continuous groups, early errors
+def test_a_monitor_reused_with_a_second_model_measures_that_model(tmp_path):
+    """Issue 22 item 1: the metrics stayed bound to the first LightningModule and logged its values for the second."""
+    monitor = InvarianceMonitor(GROUP, metrics=("li", "di"))
+    first, second = Tiny(), Tiny()
+    with torch.no_grad():
+        second.net[-1].weight.mul_(30.0)  # a model whose LI is about 900 times the first's
+    train, val = _loaders()
+    x = val.dataset.tensors[0]
+    logged = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        for i, model in enumerate((first, second)):
+            _trainer(tmp_path / str(i), monitor, max_epochs=1).fit(model, train, val)
+            with torch.no_grad():
+                li = ti.logit_invariance(model, GROUP, x).item()
+                di = ti.distribution_invariance(model, GROUP, x).item()
+            metrics = _callback_metrics(model)
+            np.testing.assert_allclose(metrics["invariance/li"], li, rtol=1e-5)
+            np.testing.assert_allclose(metrics["invariance/di"], di, rtol=1e-5)
+            logged.append(metrics["invariance/li"])
+        # and back to the first model, with trainer.validate
+        trainer = _trainer(tmp_path / "again", monitor)
+        trainer.validate(first, val, verbose=False)
+    with torch.no_grad():
+        li = ti.logit_invariance(first, GROUP, x).item()
+    np.testing.assert_allclose(float(trainer.callback_metrics["invariance/li"]), li, rtol=1e-5)
+    assert logged[1] > 10 * logged[0]  # the two models differ: logging the first's value again would fail
+
+
+def test_monitor_on_so2_with_drawn_elements_matches_a_per_element_loop(tmp_path):
+    so2 = ti.get_group("so2")
+    monitor = InvarianceMonitor(so2, metrics=("li",), elements=3, seed=2, per_element=True)
+    angles = sorted(so2.sample(3, generator=torch.Generator().manual_seed(2)))
+    assert monitor.elements == angles and monitor.element_names == [so2.element_name(a) for a in angles]
+    model = Tiny()
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        _trainer(tmp_path, monitor, max_epochs=1).fit(model, train, val)
+    x = val.dataset.tensors[0].double()
+    reference = copy.deepcopy(model).double().eval()
+    with torch.no_grad():  # an explicit loop over the angles and the samples, in float64
+        fx = reference(x)
+        per_angle = [
+            np.mean([0.5 * float(((fx[b] - f[b]) ** 2).sum()) for b in range(len(x))])
+            for f in (reference(so2.act(a, x)) for a in angles)
+        ]
+    metrics = _callback_metrics(model)
+    for a, ref in zip(angles, per_angle):
+        np.testing.assert_allclose(metrics[f"invariance/li/{so2.element_name(a)}"], ref, rtol=1e-4)
+    np.testing.assert_allclose(metrics["invariance/li"], np.mean(per_angle), rtol=1e-4)
+    assert min(per_angle) > 1e-4  # not invariant: a check on the wrong angles would fail
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((GROUP,), {"elements": [7]}, ValueError, "elements 0..3"),
+        ((ti.get_group("so2"),), {}, ValueError, "continuous: pass elements="),
+        ((ti.get_group("so2"),), {"elements": 0}, ValueError, "k >= 1"),
+        ((GROUP,), {"elements": 2, "seed": -3}, ValueError, "seed must be an int"),
+        ((GROUP,), {"chunk_size": 0}, ValueError, "chunk_size must be a positive int"),
+        ((GROUP,), {"chunk_size": 0, "metrics": ("si",)}, ValueError, "chunk_size must be a positive int"),
+        ((GROUP,), {"saliency": {"n_steps": 4}}, TypeError, "saliency must be a SaliencyConfig"),
+        ((GROUP,), {"elements": "rot90"}, TypeError, "elements must be a sequence"),
+    ],
+)
+def test_monitor_rejects_bad_arguments_when_built_not_in_fit(args, kwargs, error, match):
+    """Issue 22 item 23, issue 20 item 4: these were accepted and failed only once the Trainer ran."""
+    with pytest.raises(error, match=match):
+        InvarianceMonitor(*args, **kwargs)

@@ -30,6 +30,11 @@ METRICS = ("di", "li", "si")
 _CLASSES = {"di": DistributionInvariance, "li": LogitInvariance, "si": SaliencyInvariance}
 
 
+def _unbound(x: Tensor) -> Tensor:
+    """The stand-in model of the metrics built when the monitor is: they are rebuilt on the LightningModule."""
+    raise RuntimeError("InvarianceMonitor: the metrics are not bound to a LightningModule yet")
+
+
 def default_input(batch: Any) -> Tensor:
     """The input of a validation batch: the batch itself if it is a tensor, else its first item."""
     if isinstance(batch, Tensor):
@@ -60,6 +65,14 @@ class InvarianceMonitor(Callback):
     processes. As for any metric under DDP, the sampler may repeat a few samples to give every process the same
     number of batches.
 
+    **One monitor, several models.** The metrics are bound to the LightningModule of the current ``fit`` or
+    ``validate``: a monitor reused with another model (a sweep, a second Trainer) measures that model, on the same
+    elements.
+
+    **Errors when built.** Every argument is checked in the constructor, with the metrics' own checks (a continuous
+    group without ``elements``, an element the group rejects, ``chunk_size=0``, ...), so a mistake fails before
+    ``trainer.fit`` starts, not after the first training epoch.
+
     The means follow the library's element averaging (non-identity elements unless ``include_identity=True``).
     SI needs gradients: its update runs outside Lightning's ``inference_mode`` (on a copy of the input). It costs
     ``n_steps`` forward and backward passes of the orbit per sample, so cap it with ``max_samples``.
@@ -72,7 +85,11 @@ class InvarianceMonitor(Callback):
         max_samples: at most this many validation samples in all (``None``: every sample).
         prefix: prepended to the logged names.
         include_identity: the element averaging of the means.
-        elements: the elements to measure (required for continuous groups).
+        elements: the elements to measure: ``None`` (every element of a finite group), a list (e.g. angles in
+            degrees for ``so2``), or an int ``k``: ``k`` elements drawn once, when the monitor is built, with a
+            generator seeded by ``seed`` (see :class:`~torchinvariance.LogitInvariance`), the same in every
+            epoch, model and process. A continuous group needs a list or ``k``.
+        seed: the seed of the draw for ``elements=k`` (default 0).
         per_element: also log one value per group element.
         prog_bar: show the values in the progress bar.
         get_input: ``batch -> x``; default: the batch itself or its first item.
@@ -85,6 +102,12 @@ class InvarianceMonitor(Callback):
         >>> monitor = InvarianceMonitor(ti.get_group("rotation", order=4), metrics=("li", "di"), max_samples=512)
         >>> monitor.metric_names
         ['invariance/li', 'invariance/di']
+        >>> InvarianceMonitor(ti.get_group("so2"), elements=[0.0, 45.0, 90.0]).element_names
+        ['rot0', 'rot45', 'rot90']
+        >>> InvarianceMonitor(ti.get_group("so2"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: SO2(...) is continuous: pass elements= (e.g. group.sample(8) or a list of angles)
     """
 
     def __init__(
@@ -96,7 +119,8 @@ class InvarianceMonitor(Callback):
         *,
         prefix: str = "invariance/",
         include_identity: bool = False,
-        elements: Sequence | None = None,
+        elements: Sequence | int | None = None,
+        seed: int = 0,
         per_element: bool = False,
         prog_bar: bool = False,
         get_input: Callable[[Any], Tensor] = default_input,
@@ -118,18 +142,30 @@ class InvarianceMonitor(Callback):
             raise TypeError(f"include_identity must be a bool, got {include_identity!r}")
         if not callable(get_input):
             raise TypeError(f"get_input must be a callable batch -> x, got {get_input!r}")
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(
+                f"chunk_size must be a positive int (group elements per forward) or None; got {chunk_size!r}"
+            )
+        if saliency is not None and not isinstance(saliency, SaliencyConfig):
+            raise TypeError(f"saliency must be a SaliencyConfig (the SI recipe) or None; got {type(saliency).__name__}")
         self.metrics = names
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
         self.prefix = str(prefix)
         self.include_identity = include_identity
-        self.elements = None if elements is None else list(elements)
         self.per_element = bool(per_element)
         self.prog_bar = bool(prog_bar)
         self.get_input = get_input
         self.chunk_size = chunk_size
         self.saliency = saliency or SaliencyConfig()
-        self._meters: dict[str, Any] = {}
+        self.seed = seed
+        # built now on a stand-in model, so that the metrics' checks of group, elements and seed run here; the
+        # resolved elements (a drawn k included) are kept, and every later build binds a model to the same ones
+        self._meters: dict[str, Any] = self._make(_unbound, elements)
+        self.elements = next(iter(self._meters.values())).elements  # None: the whole finite group
+        self._bound: Any = None  # the LightningModule the metrics measure
         self._active = False
         self._left: int | None = None
 
@@ -138,18 +174,29 @@ class InvarianceMonitor(Callback):
         """The names the metric values are logged under."""
         return [f"{self.prefix}{m}" for m in self.metrics]
 
-    def _build(self, pl_module: LightningModule) -> None:
-        options: dict[str, Any] = {"elements": self.elements, "include_identity": self.include_identity}
+    @property
+    def element_names(self) -> list[str]:
+        """The names of the measured elements (the suffixes of the per-element values)."""
+        return list(next(iter(self._meters.values())).element_names)
+
+    def _make(self, model: Callable[[Tensor], Any], elements: Sequence | int | None) -> dict[str, Any]:
+        options: dict[str, Any] = {"elements": elements, "seed": self.seed, "include_identity": self.include_identity}
+        meters: dict[str, Any] = {}
         for name in self.metrics:
             if name == "si":
-                meter = SaliencyInvariance(pl_module, self.group, config=self.saliency, **options)
+                meters[name] = SaliencyInvariance(model, self.group, config=self.saliency, **options)
             else:
-                meter = _CLASSES[name](pl_module, self.group, chunk_size=self.chunk_size, **options)
-            self._meters[name] = meter
+                meters[name] = _CLASSES[name](model, self.group, chunk_size=self.chunk_size, **options)
+        return meters
+
+    def _bind(self, pl_module: LightningModule) -> None:
+        """Measure ``pl_module``: new metrics when it is not the module they measure (another model, a sweep)."""
+        if self._bound is not pl_module:
+            self._meters = self._make(pl_module, self.elements)
+            self._bound = pl_module
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not self._meters:
-            self._build(pl_module)
+        self._bind(pl_module)
 
     def _should_measure(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking:
@@ -162,8 +209,7 @@ class InvarianceMonitor(Callback):
         self._active = self._should_measure(trainer)
         if not self._active:
             return
-        if not self._meters:
-            self._build(pl_module)
+        self._bind(pl_module)
         for meter in self._meters.values():
             meter.reset()
             meter.to(pl_module.device)
