@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["grouped_bars", "new_figure", "require"]
+__all__ = ["curve", "grouped_bars", "new_figure", "require"]
 
 EXTRA_HINT = 'pip install "torchinvariance[plot]"'
 
@@ -66,3 +66,42 @@ def grouped_bars(
         handles.append(Patch(facecolor=color, label=label))
     ax.set_xticks(range(len(categories)), list(categories), rotation=45 if len(categories) > 6 else 0)
     return handles
+
+
+def curve(
+    ax: Any,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    *,
+    label: str,
+    color: str,
+    linestyle: str = "-",
+    marker: str = "o",
+    hollow: Sequence[bool] | None = None,
+) -> list:
+    """One line through the points ``(xs[i], ys[i])`` in increasing ``x``; ``hollow[i]`` draws point ``i`` hollow.
+
+    Returns the legend handle (the line) in a list.
+    """
+    order = sorted(range(len(xs)), key=lambda i: float(xs[i]))
+    (line,) = ax.plot(
+        [float(xs[i]) for i in order],
+        [float(ys[i]) for i in order],
+        color=color,
+        linestyle=linestyle,
+        marker=marker,
+        markersize=4,
+        linewidth=1.4,
+        label=label,
+    )
+    marks = [i for i in order if hollow is not None and hollow[i]]
+    if marks:
+        ax.scatter(
+            [float(xs[i]) for i in marks],
+            [float(ys[i]) for i in marks],
+            s=30,
+            facecolors="white",
+            edgecolors=color,
+            zorder=3,
+        )
+    return [line]

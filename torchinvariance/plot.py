@@ -24,11 +24,18 @@ from torch import Tensor
 import torchinvariance._mpl as _mpl
 from torchinvariance._checks import check_model
 from torchinvariance.groups import Group, ensure_group
-from torchinvariance.metrics import SaliencyConfig, distribution_invariance, realign_saliency, saliency_map
+from torchinvariance.metrics import (
+    InvarianceReport,
+    SaliencyConfig,
+    distribution_invariance,
+    realign_saliency,
+    saliency_map,
+)
+from torchinvariance.metrics._report_type import curve_panel
 from torchinvariance.orbit import model_output
 from torchinvariance.spectral import jacobian_spectral_norm
 
-__all__ = ["drift", "drift_curve", "orbit_saliency_maps", "saliency_orbit", "spectral"]
+__all__ = ["drift", "drift_curve", "metric_vs_element", "orbit_saliency_maps", "saliency_orbit", "spectral"]
 
 Model = Callable[[Tensor], Tensor]
 
@@ -293,6 +300,63 @@ def drift(
         ax.legend(
             handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=max(1, len(curves))
         )
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def metric_vs_element(
+    reports: InvarianceReport | Mapping[str, InvarianceReport],
+    metric: str = "li",
+    *,
+    floor: bool = True,
+    ax: Any = None,
+    title: str | None = None,
+) -> Any:
+    r"""A metric against the group element of a continuous group: the curve of LI (or DI, SI...) over the angle.
+
+    .. math::
+        g \mapsto \frac1N \sum_{b=1}^N d_g(x_b)
+
+    the ``per_element`` values of :func:`~torchinvariance.evaluate_invariance` reports measured with ``elements=``
+    (a list of angles, or ``k`` drawn with a seed) on ``so2`` or ``scale``. Each report is one curve (a mapping
+    ``{label: report}`` puts several models on one axes: regularized against not, a checkpoint against another);
+    the first report's interpolation floor, the same metric on the round trip :math:`g^{-1} (g x_b)`, is the dashed
+    grey curve (``floor=False`` hides it), and its mean the dotted line. An invariant model sits on its floor at
+    every angle; a model that learned the rotations of a square grid only dips at multiples of 90 degrees.
+
+    Args:
+        reports: one report, or ``{label: report}``.
+        metric: the metric to draw (``"li"``, ``"di"``, ``"si"``, ``"accuracy"``, ``"consistency"``).
+        floor: draw the interpolation floor where the report has one.
+        ax: a matplotlib axes to draw into; default a new figure.
+        title: the axes title (default the metric's name).
+
+    Returns:
+        The :class:`matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: a report of a finite group (no element values: use ``report.plot()``), or without ``metric``.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> data = [torch.randn(4, 1, 8, 8)]
+        >>> report = ti.evaluate_invariance(model, ti.get_group("so2"), data, metrics=("li",), elements=8,
+        ...                                 progress=False)
+        >>> fig = ti.plot.metric_vs_element(report, "li")  # save it with fig.savefig("li_vs_angle.png")
+        >>> ax = fig.axes[0]
+        >>> ax.get_xlabel(), [line.get_label() for line in ax.get_lines()]  # doctest: +ELLIPSIS
+        ('rotation angle (degrees)', ['model', 'mean ...', 'interpolation floor'])
+    """
+    named = dict(reports) if isinstance(reports, Mapping) else {"model": reports}
+    for label, report in named.items():
+        if not isinstance(report, InvarianceReport):
+            raise TypeError(f"metric_vs_element draws InvarianceReports; {label!r} is a {type(report).__name__}")
+    if ax is None:
+        _, axes = _mpl.new_figure(1, 1, figsize=(5.2, 3.6))
+        ax = axes[0, 0]
+    curve_panel(ax, named, metric, floor=floor)
     if title:
         ax.set_title(title)
     return ax.figure

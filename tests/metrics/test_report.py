@@ -211,3 +211,179 @@ def test_errors():
     nan_model = nn.Sequential(mlp(36, classes=4, dtype=F64), nn.Threshold(1e9, float("nan")))
     with pytest.raises(ValueError, match=r"NaN or \+?Inf"):
         ti.evaluate_invariance(nan_model, GROUP, _loader(), progress=False)
+
+
+# ------------------------------------------------------------------ elements= and continuous groups (issue 20)
+def _per_element_loop(model, group, x, y, elements):
+    """An explicit loop over the elements and the samples, in float64: every term of every metric and floor."""
+    out = {k: [] for k in ("accuracy", "consistency", "di", "li", "di_floor", "li_floor")}
+    with torch.no_grad():
+        fx = model(x)
+        for g in elements:
+            fgx = model(group.act(g, x))
+            back = model(group.act(group.inverse(g), group.act(g, x)))
+            rows = {k: [] for k in out}
+            for b in range(x.shape[0]):
+                p = torch.softmax(fx[b], -1)
+                rows["accuracy"].append(float(fgx[b].argmax() == y[b]))
+                rows["consistency"].append(float(fgx[b].argmax() == fx[b].argmax()))
+                for name, other in (("", fgx[b]), ("_floor", back[b])):
+                    q = torch.softmax(other, -1)
+                    rows["li" + name].append(0.5 * float(((fx[b] - other) ** 2).sum()))
+                    rows["di" + name].append(float((p * (p.log() - q.log())).sum()))
+            for k in out:
+                out[k].append(rows[k])
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize(
+    ("spec", "elements", "seed"),
+    [
+        (("so2", {}), [0.0, 30.0, 45.0, 90.0, 250.0], 0),  # the identity listed: shown, left out of the means
+        (("so2", {}), 6, 3),
+        (("scale", {"min_scale": 0.7}), 4, 1),
+        (("rotation", {"order": 4}), [3, 1], 0),
+        (("dihedral", {}), 3, 2),
+    ],
+)
+def test_report_on_elements_matches_an_explicit_per_element_loop(spec, elements, seed):
+    group = ti.get_group(spec[0], **spec[1])
+    model = mlp(36, classes=4, dtype=F64, seed=2)
+    loader = _loader()
+    metrics = ("accuracy", "consistency", "di", "li")
+    report = ti.evaluate_invariance(model, group, loader, metrics=metrics, elements=elements, seed=seed, progress=False)
+    if isinstance(elements, int):
+        expected = ti.LogitInvariance(model, group, elements=elements, seed=seed).elements
+        assert len(expected) == elements
+    else:
+        expected = [group.check_element(g) for g in elements]
+    assert report.elements == [group.element_name(g) for g in expected]
+    d = report.to_dict()
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    ref = _per_element_loop(model, group, x, y, expected)
+    averaged = np.array([not group.same_element(g, group.identity) for g in expected])
+    for name in metrics:
+        np.testing.assert_allclose(d[name]["per_element"], ref[name].mean(1), rtol=1e-9, atol=1e-15)
+        rows = ref[name] if name == "accuracy" else ref[name][averaged]
+        np.testing.assert_allclose(d[name]["mean"], rows.mean(), rtol=1e-9)
+    for name in ("di", "li"):
+        np.testing.assert_allclose(d[name]["std"], ref[name][averaged].mean(0).std(), rtol=1e-7)
+    if group.exact:  # no floor for exact groups (the round trip is the identity)
+        assert "floor" not in d["li"] and "element_values" not in d
+        assert "floor" not in str(report)
+    else:
+        assert d["element_values"] == pytest.approx([float(g) for g in expected])
+        for name in ("di", "li"):
+            np.testing.assert_allclose(d[name]["floor"]["per_element"], ref[name + "_floor"].mean(1), rtol=1e-9)
+            np.testing.assert_allclose(d[name]["floor"]["mean"], ref[name + "_floor"][averaged].mean(), rtol=1e-9)
+        assert ref["li_floor"][averaged].min() > 0  # resampling is not exact: the floor is measured, not assumed
+        assert "LI floor" in str(report) and "round trip" in str(report)
+    assert ref["li"][averaged].min() > 1e-8  # the model is not invariant: a wrong row or element would be seen
+    assert d.get("averaged", [True] * len(expected)) == averaged.tolist()  # elements asked for: all by default
+    assert f"(means over the {averaged.sum()} non-identity elements" in str(report)
+
+
+def test_report_on_so2_is_reproducible_and_fails_for_a_model_invariant_to_quarter_turns_only():
+    so2 = ti.get_group("so2")
+    from helpers import OrbitAveraged
+
+    quarter = OrbitAveraged(mlp(36, classes=4, dtype=F64, seed=8), ti.get_group("rotation", order=4))
+    loader = [so2.mask_input(b[0]) for b in _loader()]
+    report = ti.evaluate_invariance(quarter, so2, loader, metrics=("li",), elements=[45.0, 90.0, 180.0, 270.0])
+    li = report.to_dict()["li"]
+    assert max(li["per_element"][1:]) < 1e-12 < li["per_element"][0]  # exact at multiples of 90 degrees only
+    assert li["per_element"][0] > 1.5 * li["floor"]["per_element"][0]  # 45 degrees: above what resampling explains
+    again = ti.evaluate_invariance(quarter, so2, loader, metrics=("li",), elements=5, seed=4, progress=False)
+    assert (
+        again.to_dict()
+        == ti.evaluate_invariance(quarter, so2, loader, metrics=("li",), elements=5, seed=4, progress=False).to_dict()
+    )
+    assert (
+        again.elements
+        != ti.evaluate_invariance(quarter, so2, loader, metrics=("li",), elements=5, seed=5, progress=False).elements
+    )
+    skipped = ti.evaluate_invariance(quarter, so2, loader, metrics=("li",), elements=[45.0], floor=False)
+    assert "floor" not in skipped.to_dict()["li"]
+    exact = ti.evaluate_invariance(quarter, ti.get_group("flip"), loader, metrics=("li",), floor=True).to_dict()
+    assert exact["li"]["floor"]["per_element"] == [0.0, 0.0]
+
+
+def test_report_si_on_so2_elements_matches_the_functional_form():
+    so2 = ti.get_group("so2")
+    model = mlp(36, classes=4, dtype=F64, seed=9)
+    loader = _loader(sizes=(3, 2))
+    angles = [30.0, 90.0]
+    d = ti.evaluate_invariance(
+        model, so2, loader, metrics=("si",), elements=angles, progress=False, n_steps=4, padding="zeros"
+    ).to_dict()
+    x = torch.cat([b[0] for b in loader])
+    terms = ti.saliency_invariance(model, so2, x, n_steps=4, padding="zeros", elements=angles, reduction="none")
+    np.testing.assert_allclose(d["si"]["per_element"], terms.mean(1).numpy(), rtol=1e-9)
+    assert "floor" not in d["si"]
+
+
+def test_continuous_report_pandas_and_plot_against_the_angle(tmp_path):
+    pytest.importorskip("pandas")
+    pytest.importorskip("matplotlib")
+    so2 = ti.get_group("so2")
+    model = mlp(36, classes=4, dtype=F64, seed=2)
+    angles = [0.0, 90.0, 30.0, 200.0]  # unsorted, the identity listed
+    report = ti.evaluate_invariance(model, so2, _loader(), metrics=("di", "li"), elements=angles, progress=False)
+    frame = report.to_pandas()
+    assert list(frame.columns) == ["value", "di", "di_floor", "li", "li_floor"]
+    assert (
+        frame["value"].tolist() == angles and frame["li_floor"].tolist() == report.results["li"]["floor"]["per_element"]
+    )
+    fig = report.plot()
+    assert [ax.get_title() for ax in fig.axes] == ["DI", "LI"]
+    ax = fig.axes[1]
+    assert ax.get_xlabel() == "rotation angle (degrees)"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    order = np.argsort(angles)
+    np.testing.assert_allclose(lines["model"].get_xdata(), np.array(angles)[order])
+    np.testing.assert_allclose(lines["model"].get_ydata(), np.array(report.results["li"]["per_element"])[order])
+    np.testing.assert_allclose(
+        lines["interpolation floor"].get_ydata(), np.array(report.results["li"]["floor"]["per_element"])[order]
+    )
+    assert lines["interpolation floor"].get_linestyle() == "--"
+    hollow = ax.collections[0].get_offsets()  # the identity, left out of the mean: a hollow marker
+    np.testing.assert_allclose(np.asarray(hollow), [[0.0, report.results["li"]["per_element"][0]]])
+    fig.savefig(tmp_path / "li_vs_angle.png")
+    other = ti.evaluate_invariance(model.double(), so2, _loader(seed=1), metrics=("li",), elements=angles)
+    fig = ti.plot.metric_vs_element({"a": report, "b": other}, "li")
+    assert [line.get_label() for line in fig.axes[0].get_lines()][:3] == [
+        "a",
+        "mean " + format(report.results["li"]["mean"], ".3g"),
+        "interpolation floor (a)",
+    ]
+    assert "b" in [line.get_label() for line in fig.axes[0].get_lines()]
+    with pytest.raises(ValueError, match="no element values"):
+        ti.plot.metric_vs_element(ti.evaluate_invariance(model, GROUP, _loader(), metrics=("li",), progress=False))
+    with pytest.raises(ValueError, match="has no metric 'si'"):
+        ti.plot.metric_vs_element(report, "si")
+
+
+def test_elements_errors_come_before_any_batch():
+    model = mlp(36, classes=4, dtype=F64)
+
+    def loader():
+        raise AssertionError("the loader was read before the arguments were checked")
+        yield
+
+    so2 = ti.get_group("so2")
+    with pytest.raises(ValueError, match="continuous: pass elements="):
+        ti.evaluate_invariance(model, so2, loader(), progress=False)
+    with pytest.raises(ValueError, match=r"elements 0\.\.3"):
+        ti.evaluate_invariance(model, GROUP, loader(), elements=[7], progress=False)
+    with pytest.raises(ValueError, match="k >= 1"):
+        ti.evaluate_invariance(model, so2, loader(), elements=0, progress=False)
+    with pytest.raises(ValueError, match="only 3"):
+        ti.evaluate_invariance(model, GROUP, loader(), elements=4, progress=False)
+    with pytest.raises(ValueError, match="seed must be"):
+        ti.evaluate_invariance(model, so2, loader(), elements=2, seed=-1, progress=False)
+    with pytest.raises(TypeError, match="floor must be"):
+        ti.evaluate_invariance(model, so2, loader(), elements=2, floor="yes", progress=False)
+    with pytest.raises(TypeError, match="elements must be None"):
+        ti.evaluate_invariance(model, so2, loader(), elements=2.0, progress=False)

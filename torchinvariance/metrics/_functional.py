@@ -34,6 +34,7 @@ __all__ = [
     "li_terms",
     "logit_invariance",
     "orbit_outputs",
+    "round_trip_outputs",
 ]
 
 
@@ -281,6 +282,31 @@ def logit_invariance(
     return reduce_terms(li_terms(fx, fgx), reduction, rows).to(_result_dtype(fx))
 
 
+def round_trip_outputs(
+    model: Callable[[Tensor], Tensor],
+    group: Group,
+    x: Tensor,
+    elements: Sequence,
+    *,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""The model's outputs on the round trips, ``out[i, b] = f(g_i^{-1} \cdot (g_i \cdot x_b))``, ``(n, B, ...)``.
+
+    What :func:`interpolation_floor` and the floor of :func:`~torchinvariance.evaluate_invariance` compare with
+    :math:`f(x)`. One forward of ``n * B`` inputs (or one per ``chunk_size`` elements), in the model's current mode:
+    the caller wraps it in :func:`~torchinvariance.orbit.measuring` and :func:`torch.no_grad`.
+    """
+    els = list(elements)
+    step = len(els) if chunk_size is None else chunk_size
+    parts = []
+    for i in range(0, len(els), step):
+        chunk = els[i : i + step]
+        trips = torch.stack([group.act(group.inverse(g), group.act(g, x)) for g in chunk])  # (n, B, ...)
+        out = model_output(model(trips.flatten(0, 1)), len(chunk) * x.shape[0])
+        parts.append(out.reshape(len(chunk), x.shape[0], *out.shape[1:]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def interpolation_floor(
     model: Callable[[Tensor], Tensor],
     group: Group,
@@ -340,11 +366,8 @@ def interpolation_floor(
             x.new_zeros((len(els), x.shape[0]), dtype=torch.float32 if not x.is_floating_point() else x.dtype),
             reduction,
         )
-    trips = torch.stack([group.act(group.inverse(g), group.act(g, x)) for g in els])  # (n, B, ...)
-    rows = len(els) * x.shape[0]
     with torch.no_grad(), measuring(model, eval_mode):
         fx = orbit_forward(model, group, x, [group.identity])[0]
-        back = model_output(model(trips.flatten(0, 1)), rows)
-    back = back.reshape(len(els), x.shape[0], *back.shape[1:])
+        back = round_trip_outputs(model, group, x, els)
     terms = di_terms(fx, back) if metric == "di" else li_terms(fx, back)
     return reduce(terms, reduction).to(_result_dtype(fx))

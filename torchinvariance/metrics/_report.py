@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from torchinvariance._checks import check_model
 from torchinvariance.divergences import check_logits
-from torchinvariance.groups import Group, ensure_group, listed_elements
+from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._classes import (
     DistributionInvariance,
     LogitInvariance,
@@ -24,11 +24,11 @@ from torchinvariance.metrics._classes import (
     _OrbitConsistency,
     _OrbitTermsMetric,
 )
-from torchinvariance.metrics._functional import orbit_outputs
-from torchinvariance.metrics._reduction import averaged_rows, check_include_identity
+from torchinvariance.metrics._functional import di_terms, li_terms, orbit_outputs, round_trip_outputs
+from torchinvariance.metrics._reduction import averaged_rows, check_include_identity, measured_elements
 from torchinvariance.metrics._report_type import _NO_STD, METRICS, InvarianceReport
 from torchinvariance.metrics.saliency import SaliencyConfig
-from torchinvariance.orbit import measuring
+from torchinvariance.orbit import measuring, resolve_elements
 
 __all__ = ["InvarianceReport", "evaluate_invariance"]
 
@@ -72,6 +72,15 @@ def _should_sync(sync_dist: bool | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _OrbitFloor(_OrbitTermsMetric):
+    """The interpolation floor of DI or LI: terms ``d(f(x_b), f(g^{-1} (g x_b)))``, averaged like the metric."""
+
+    _prefix = "floor"
+
+
+_FLOOR_TERMS = {"di": di_terms, "li": li_terms}
+
+
 def _check_optional_int(name: str, value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -91,6 +100,9 @@ def evaluate_invariance(
     sync_dist: bool | None = None,
     eval_mode: bool = True,
     include_identity: bool = False,
+    elements: Sequence | int | None = None,
+    seed: int = 0,
+    floor: bool | None = None,
     **saliency_kwargs: Any,
 ) -> InvarianceReport:
     r"""Accuracy and invariance metrics of ``model`` under ``group`` over a data loader.
@@ -125,7 +137,34 @@ def evaluate_invariance(
     DI and LI with the default 50 steps; e.g. minutes for 1,000 ResNet-18
     samples on a laptop CPU). Ask for it with ``metrics=(..., "si")`` and cap
     it with ``si_samples``: SI then runs on the first ``si_samples`` samples
-    only, with its own per-sample progress bar.
+    only, with its own per-sample progress bar. For an interpolating group
+    the floor adds one forward of the orbit per sample (``floor=False``
+    skips it).
+
+    **Which elements.** ``elements=None`` (default) measures every element of
+    a finite group, identity first. A continuous group (``so2``, ``scale``)
+    needs ``elements``: a list (``[0.0, 30.0, 45.0, 90.0]``, angles in
+    degrees) measured in that order, or an int ``k``: ``k`` elements drawn
+    once with a :class:`torch.Generator` seeded by ``seed`` (``so2``: ``k``
+    uniform angles, ``scale``: log-uniform factors in its range, sorted by
+    value; a finite group: ``k`` distinct non-identity elements), so the same
+    ``(k, seed)`` gives the same report on every run and every process. A list
+    works for finite groups too (a subset). The identity, when listed, is
+    reported with the others and left out of the means (unless
+    ``include_identity``); :math:`f(x)` is computed either way.
+
+    **Interpolation floor.** For a group that interpolates (``group.exact``
+    is ``False``: ``so2``, ``scale``) no model reaches DI = LI = 0: resampling
+    itself changes the image. Beside DI and LI of every element the report
+    then gives the floor of :func:`~torchinvariance.interpolation_floor`,
+    :math:`d\big(f(x_b), f(g^{-1} (g x_b))\big)` averaged the same way: what
+    resampling alone explains. Read a per-element value against its floor
+    (a value near the floor is as invariant as resampling lets one see), and
+    compare models by their values. ``floor=None`` (default) measures it for
+    interpolating groups only; ``True`` also for exact ones (where it is 0),
+    ``False`` never. :meth:`InvarianceReport.plot` draws, for a continuous
+    group, each metric against the element (the angle) with the floor as a
+    dashed line.
 
     **Distributed.** The accumulators are the torchmetrics metrics
     :class:`DistributionInvariance` & co., synced by torchmetrics. With
@@ -138,7 +177,7 @@ def evaluate_invariance(
 
     Args:
         model: classifier returning logits ``(N, C)``.
-        group: the finite group.
+        group: the group: finite, or continuous with ``elements``.
         loader: iterable of ``(x, y)`` tuples/lists or bare ``x`` tensors (then
             ``"accuracy"`` cannot be requested).
         metrics: any non-empty selection of ``("accuracy", "consistency",
@@ -156,6 +195,12 @@ def evaluate_invariance(
         eval_mode: evaluate in ``eval()`` mode (default).
         include_identity: ``False`` (default): the means of the invariance
             metrics run over the non-identity elements; ``True``: over all.
+        elements: ``None`` (every element of a finite group), a list of
+            elements, or an int ``k`` drawn with ``seed`` (see above).
+        seed: the seed of the draw for ``elements=k`` (default 0).
+        floor: measure the interpolation floor of DI and LI: ``None``
+            (default) for interpolating groups, ``True`` always, ``False``
+            never.
         **saliency_kwargs: options of the SI recipe
             (:class:`~torchinvariance.SaliencyConfig`: ``n_steps``,
             ``threshold``, ``kernel_size``, ``sigma``, ``internal_batch_size``,
@@ -167,8 +212,11 @@ def evaluate_invariance(
     Raises:
         ValueError: unknown metric names, an empty loader, ``"accuracy"``
             without labels, a group that cannot act on the inputs, non-finite
-            model outputs.
-        TypeError: unknown saliency options or batches of the wrong type.
+            model outputs, a continuous group without ``elements``, an element
+            the group rejects, ``k < 1`` (or, for a finite group, not below
+            its order), a bad ``seed``.
+        TypeError: unknown saliency options, batches of the wrong type,
+            ``elements`` or ``floor`` of the wrong type.
 
     Example:
         >>> import json, torch, torchinvariance as ti
@@ -186,6 +234,21 @@ def evaluate_invariance(
         ...                                 si_samples=2, progress=False, n_steps=8)
         >>> report.n_samples, round(report.to_dict()["si"]["per_element"][0], 6)  # identity: 1
         (8, 1.0)
+
+        A continuous group: the angles to measure, or how many to draw; the
+        floor stands beside DI and LI of every angle.
+
+        >>> so2 = ti.get_group("so2")
+        >>> report = ti.evaluate_invariance(model, so2, data, elements=[0.0, 45.0, 90.0], progress=False)
+        >>> report.elements, report.element_values
+        (['rot0', 'rot45', 'rot90'], [0.0, 45.0, 90.0])
+        >>> li = report.to_dict()["li"]
+        >>> sorted(li), len(li["floor"]["per_element"])
+        (['floor', 'mean', 'per_element', 'std'], 3)
+        >>> drawn = ti.evaluate_invariance(model, so2, data, elements=4, seed=0, progress=False)
+        >>> drawn.elements == ti.evaluate_invariance(model, so2, data, elements=4, seed=0, progress=False).elements
+        True
+        >>> fig = drawn.plot()  # LI and DI against the angle, each with its floor dashed
     """
     check_model(model)
     ensure_group(group)
@@ -195,29 +258,34 @@ def evaluate_invariance(
     _check_optional_int("si_samples", si_samples)
     _check_optional_int("chunk_size", chunk_size)
     check_include_identity(include_identity)
-    if not group.is_finite:
-        raise ValueError(f"evaluate_invariance needs a finite group (it measures every element); got {group!r}")
+    if floor is not None and not isinstance(floor, bool):
+        raise TypeError(f"floor must be None (for interpolating groups), True or False; got {floor!r}")
+    # None: every element of a finite group (the orbit's first row is f(x)); a list: those, after f(x)
+    chosen = measured_elements(group, elements, seed)
+    measured = resolve_elements(group, chosen)
     dev = _model_device(model) if device is None else torch.device(device)
     sync = _should_sync(sync_dist)
 
-    elements = listed_elements(group)  # every element, identity first: rejects a wrong listing
-    element_names = [group.element_name(g) for g in elements]
-    rows = averaged_rows(group, elements, include_identity)
+    element_names = [group.element_name(g) for g in measured]
+    rows = averaged_rows(group, measured, include_identity)
     options: dict[str, Any] = {"sync_on_compute": sync}
     acc: dict[str, _OrbitTermsMetric] = {}
     if "accuracy" in names:
-        acc["accuracy"] = _OrbitAccuracy(element_names, [True] * len(elements), **options)
+        acc["accuracy"] = _OrbitAccuracy(element_names, [True] * len(measured), **options)
     if "consistency" in names:
         acc["consistency"] = _OrbitConsistency(element_names, rows, **options)
-    bound = {"include_identity": include_identity, "eval_mode": eval_mode, **options}
+    bound = {"elements": chosen, "include_identity": include_identity, "eval_mode": eval_mode, **options}
     if "di" in names:
         acc["di"] = DistributionInvariance(model, group, **bound)
     if "li" in names:
         acc["li"] = LogitInvariance(model, group, **bound)
     si = SaliencyInvariance(model, group, config=saliency, **bound) if "si" in names else None
-    for metric in [*acc.values(), *([si] if si is not None else [])]:
+    with_floor = (not group.exact) if floor is None else floor
+    floors = {n: _OrbitFloor(element_names, rows, **options) for n in ("di", "li") if n in acc and with_floor}
+    for metric in [*acc.values(), *floors.values(), *([si] if si is not None else [])]:
         metric.to(dev).set_dtype(torch.float64)  # float64 results for the report (the sums are float64 anyway)
     needs_logits = bool(acc)
+    orbit = None if chosen is None else [group.identity, *chosen]
 
     total = None
     if hasattr(loader, "__len__"):
@@ -236,9 +304,10 @@ def evaluate_invariance(
                 x = x.to(dev)
                 if needs_logits:
                     with torch.no_grad():
-                        out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size)
+                        out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size, elements=orbit)
                     if any(k in acc for k in ("di", "accuracy", "consistency")):
                         check_logits(out, "evaluate_invariance", batch_dims=2)
+                    fx, fgx = out[0], (out if chosen is None else out[1:])  # fgx: one row per measured element
                     if "accuracy" in acc:
                         if y is None:
                             raise ValueError("metric 'accuracy' needs labels: the loader must yield (x, y) pairs")
@@ -247,13 +316,17 @@ def evaluate_invariance(
                             raise ValueError(
                                 f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}"
                             )
-                        acc["accuracy"].update_terms(out.argmax(-1) == y.unsqueeze(0))
+                        acc["accuracy"].update_terms(fgx.argmax(-1) == y.unsqueeze(0))
                     if "consistency" in acc:
-                        top1 = out.argmax(-1)
-                        acc["consistency"].update_terms(top1 == top1[:1])
+                        acc["consistency"].update_terms(fgx.argmax(-1) == fx.argmax(-1).unsqueeze(0))
                     for name in ("di", "li"):
                         if name in acc:
-                            acc[name].update_from_outputs(out[0], out)  # type: ignore[attr-defined]
+                            acc[name].update_from_outputs(fx, fgx)  # type: ignore[attr-defined]
+                    if floors:
+                        with torch.no_grad():  # f(g^-1 (g x)): what resampling alone changes
+                            back = round_trip_outputs(model, group, x, measured, chunk_size=chunk_size)
+                        for name, meter in floors.items():
+                            meter.update_terms(_FLOOR_TERMS[name](fx, back))
                 if si is not None and (si_left is None or si_left > 0):
                     xs = x if si_left is None else x[:si_left]
                     si.update(xs)
@@ -285,13 +358,21 @@ def evaluate_invariance(
             if isinstance(metric, _OrbitConsistency):
                 res["orbit"] = float(metric.compute_orbit())
             res["per_element"] = [float(v) for v in per_element]
+            if name in floors:
+                res["floor"] = {
+                    "mean": float(floors[name].compute()),
+                    "per_element": [float(v) for v in floors[name].compute_per_element()],
+                }
             results[name] = res
             if name != "si":
                 n_samples = metric.compute_count()
         if n_samples == 0 and si is not None:
             n_samples = si.compute_count()
     for res in results.values():
-        if not all(math.isfinite(v) for v in [res["mean"], res.get("std", 0.0), *res["per_element"]]):
+        values = [res["mean"], res.get("std", 0.0), *res["per_element"]]
+        if "floor" in res:
+            values += [res["floor"]["mean"], *res["floor"]["per_element"]]
+        if not all(math.isfinite(v) for v in values):
             raise ValueError(f"non-finite metric values in the report: {results}")
     return InvarianceReport(
         group=repr(group),
@@ -299,4 +380,6 @@ def evaluate_invariance(
         elements=element_names,
         results=results,
         include_identity=include_identity,
+        element_values=None if group.is_finite else [float(g) for g in measured],
+        averaged=rows,
     )

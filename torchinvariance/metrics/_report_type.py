@@ -36,13 +36,31 @@ class InvarianceReport:
     ``include_identity`` says: its mean is the accuracy on uniformly
     transformed data. The std is over samples (ddof=0).
 
+    For a continuous group (``so2``, ``scale``) the elements are those that
+    :func:`evaluate_invariance` was asked for (``elements=``, a list or ``k``
+    drawn with a seed), and ``element_values`` holds them as numbers (angles
+    in degrees, scale factors), the x-axis of :meth:`plot`. For a group that
+    interpolates, DI and LI also carry ``"floor": {"mean", "per_element"}``,
+    the interpolation floor of each element (:func:`~torchinvariance.interpolation_floor`:
+    the metric of the round trip :math:`g^{-1}(g x_b)`, what resampling alone
+    explains), printed beside the metric.
+
     Attributes:
         group: ``repr`` of the group.
         n_samples: number of samples evaluated.
-        elements: names of the group elements, identity first.
-        results: ``{metric: {"mean": float, "std": float, "per_element": [float]}}``.
+        elements: names of the measured group elements (every element of a
+            finite group, identity first, unless a list was asked for).
+        results: ``{metric: {"mean": float, "std": float, "per_element": [float]}}``,
+            plus ``"floor": {"mean": float, "per_element": [float]}`` for DI
+            and LI of interpolating groups.
         include_identity: whether the means of the invariance metrics include
             the identity element.
+        element_values: the measured elements as numbers, for continuous
+            groups; ``None`` for finite ones.
+        averaged: for each element, whether the means of the invariance
+            metrics include it; ``None``: all but the first (the identity of
+            a finite group) or all with ``include_identity``, and all elements
+            of a continuous group.
 
     Example:
         >>> from torchinvariance import InvarianceReport
@@ -58,6 +76,19 @@ class InvarianceReport:
         mean       1.0000
         std        0.1000
         (means over the 1 non-identity elements)
+        >>> so2 = InvarianceReport("SO2()", 10, ["rot30", "rot90"],
+        ...                        {"li": {"mean": 0.5, "std": 0.1, "per_element": [0.6, 0.4],
+        ...                                "floor": {"mean": 0.3, "per_element": [0.35, 0.25]}}},
+        ...                        element_values=[30.0, 90.0])
+        >>> print(so2)  # doctest: +NORMALIZE_WHITESPACE
+        Invariance report: SO2(), 10 samples
+        element          LI  LI floor
+        rot30        0.6000    0.3500
+        rot90        0.4000    0.2500
+        mean         0.5000    0.3000
+        std          0.1000         -
+        (means over the 2 non-identity elements)
+        (floor: the metric of the round trip g^-1 (g x), what resampling alone explains)
     """
 
     group: str
@@ -65,6 +96,8 @@ class InvarianceReport:
     elements: list[str]
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     include_identity: bool = False
+    element_values: list[float] | None = None
+    averaged: list[bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: ``{"group", "n_samples", "elements", "include_identity", <metric>: {...}, ...}``."""
@@ -72,8 +105,12 @@ class InvarianceReport:
             "group": str(self.group),
             "n_samples": int(self.n_samples),
             "elements": [str(e) for e in self.elements],
-            "include_identity": bool(self.include_identity),
         }
+        if self.element_values is not None:
+            out["element_values"] = [float(v) for v in self.element_values]
+        out["include_identity"] = bool(self.include_identity)
+        if self.averaged is not None and self._averaged() != self._default_averaged():
+            out["averaged"] = self._averaged()
         for name, res in self.results.items():
             entry: dict[str, Any] = {"mean": float(res["mean"])}
             if "std" in res:
@@ -81,23 +118,34 @@ class InvarianceReport:
             if "orbit" in res:
                 entry["orbit"] = float(res["orbit"])
             entry["per_element"] = [float(v) for v in res["per_element"]]
+            if "floor" in res:
+                entry["floor"] = {
+                    "mean": float(res["floor"]["mean"]),
+                    "per_element": [float(v) for v in res["floor"]["per_element"]],
+                }
             out[name] = entry
         return out
 
     def to_pandas(self) -> Any:
         """The per-element values as a :class:`pandas.DataFrame`: one row per element, one column per metric.
 
-        The frame's ``attrs`` hold ``group``, ``n_samples``, ``include_identity`` and the summaries ``mean`` and
-        ``std`` (``{metric: value}``). Needs pandas (``pip install pandas``).
+        A metric with an interpolation floor adds the column ``"<metric>_floor"`` beside it; a continuous group's
+        ``element_values`` come first, as the column ``"value"``. The frame's ``attrs`` hold ``group``,
+        ``n_samples``, ``include_identity`` and the summaries ``mean`` and ``std`` (``{metric: value}``). Needs
+        pandas (``pip install pandas``).
 
         Raises:
             ImportError: pandas is not installed.
         """
         pd = _mpl.require("pandas", "InvarianceReport.to_pandas()", extra="pandas")
-        frame = pd.DataFrame(
-            {name: [float(v) for v in res["per_element"]] for name, res in self.results.items()},
-            index=pd.Index([str(e) for e in self.elements], name="element"),
-        )
+        columns: dict[str, list[float]] = {}
+        if self.element_values is not None:
+            columns["value"] = [float(v) for v in self.element_values]
+        for name, res in self.results.items():
+            columns[name] = [float(v) for v in res["per_element"]]
+            if "floor" in res:
+                columns[f"{name}_floor"] = [float(v) for v in res["floor"]["per_element"]]
+        frame = pd.DataFrame(columns, index=pd.Index([str(e) for e in self.elements], name="element"))
         frame.attrs.update(
             group=str(self.group),
             n_samples=int(self.n_samples),
@@ -114,12 +162,17 @@ class InvarianceReport:
         references: dict[str, InvarianceReport] | None = None,
         title: str | None = None,
     ) -> Any:
-        """Per-element bars of each metric, one panel per metric, with the mean as a dashed line.
+        """Each metric per element, one panel per metric, with the mean as a dashed line.
 
-        Elements left out of the mean (the identity, unless ``include_identity``) are hatched. ``references`` adds
-        the same metrics of other reports as bars beside this one's (e.g. ``{"group-averaged": ...}``), for the
-        metrics and elements they share. Needs matplotlib (``pip install "torchinvariance[plot]"``); the figure
-        is made without :mod:`matplotlib.pyplot` and without changing the backend.
+        A finite group gets bars, one per element; elements left out of the mean (the identity, unless
+        ``include_identity``) are hatched. A continuous group (``element_values``) gets the curve of the metric
+        against the element (the rotation angle, the scale factor), with the interpolation floor as a dashed grey
+        curve where the report has one, and the elements left out of the mean as hollow markers
+        (:func:`torchinvariance.plot.metric_vs_element` draws one such panel, several models on one axes).
+        ``references`` adds the same metrics of other reports beside this one's (e.g. ``{"group-averaged":
+        ...}``), for the metrics and elements they share. Needs matplotlib (``pip install
+        "torchinvariance[plot]"``); the figure is made without :mod:`matplotlib.pyplot` and without changing the
+        backend.
 
         Args:
             metrics: the metrics to draw, default every metric of the report except accuracy when there are
@@ -144,6 +197,12 @@ class InvarianceReport:
             if bad or not names:
                 raise ValueError(f"metrics must be a non-empty selection of {list(self.results)}; got {names!r}")
         refs = dict(references or {})
+        if self.element_values is not None:
+            fig, axes = _mpl.new_figure(1, len(names), figsize=(4.4 * len(names), 3.3))
+            for ax, name in zip(axes[0], names):
+                curve_panel(ax, {"model": self, **refs}, name)
+            fig.suptitle(title or f"{self.group}, {self.n_samples} samples")
+            return fig
         fig, axes = _mpl.new_figure(
             1, len(names), figsize=(max(3.2, 0.55 * len(self.elements) + 1.6) * len(names), 3.2)
         )
@@ -154,8 +213,8 @@ class InvarianceReport:
                 if name in other.results and list(other.elements) == list(self.elements):
                     series[label] = other.results[name]["per_element"]
             left_out = [False] * len(self.elements)
-            if name != "accuracy" and not self.include_identity and self.elements:
-                left_out[0] = True
+            if name != "accuracy":
+                left_out = [not a for a in self._averaged()]
             handles = _mpl.grouped_bars(ax, self.elements, series, hatched=left_out)
             mean = ax.axhline(res["mean"], color="black", linestyle="--", linewidth=1, label=f"mean {res['mean']:.3g}")
             ax.set_title(_LABELS.get(name, name))
@@ -164,10 +223,24 @@ class InvarianceReport:
         fig.suptitle(title or f"{self.group}, {self.n_samples} samples")
         return fig
 
+    def _averaged(self) -> list[bool]:
+        """Which elements the means of the invariance metrics run over (all, or the non-identity ones)."""
+        if self.averaged is not None:
+            return [bool(a) for a in self.averaged]
+        return self._default_averaged()
+
+    def _default_averaged(self) -> list[bool]:
+        if self.element_values is not None:  # elements asked for: the identity is not among them unless listed
+            return [True] * len(self.elements)
+        return [self.include_identity or i > 0 for i in range(len(self.elements))]  # identity first
+
     def __str__(self) -> str:
         names = list(self.results)
+        # one column per metric, and one for its floor beside it: (metric, "value" | "floor")
+        columns = [(n, k) for n in names for k in ("value", "floor") if k == "value" or "floor" in self.results[n]]
+        labels = [_LABELS.get(n, n) + (" floor" if k == "floor" else "") for n, k in columns]
         width = max([7, *(len(e) for e in self.elements)]) + 2
-        cols = max([10, *(len(_LABELS.get(n, n)) + 1 for n in names)])
+        cols = max([10, *(len(label) + 1 for label in labels)])
 
         def cell(name: str, value: float | None) -> str:
             if value is None:
@@ -176,21 +249,92 @@ class InvarianceReport:
                 return f"{value:>{cols}.4f}"
             return f"{value:>{cols}.3e}"
 
+        def source(name: str, kind: str) -> dict[str, Any]:
+            return self.results[name] if kind == "value" else self.results[name]["floor"]
+
+        def row(label: str, key: str, index: int | None = None) -> str:
+            values = []
+            for n, k in columns:
+                entry = source(n, k).get(key)
+                values.append(cell(n, entry if index is None or entry is None else entry[index]))
+            return label.ljust(width) + "".join(values)
+
         lines = [
             f"Invariance report: {self.group}, {self.n_samples} samples",
-            "element".ljust(width) + "".join(f"{_LABELS.get(n, n):>{cols}}" for n in names),
+            "element".ljust(width) + "".join(f"{label:>{cols}}" for label in labels),
         ]
         for i, e in enumerate(self.elements):
-            lines.append(e.ljust(width) + "".join(cell(n, self.results[n]["per_element"][i]) for n in names))
-        lines.append("mean".ljust(width) + "".join(cell(n, self.results[n]["mean"]) for n in names))
+            lines.append(row(e, "per_element", i))
+        lines.append(row("mean", "mean"))
         if any("std" in self.results[n] for n in names):
-            lines.append("std".ljust(width) + "".join(cell(n, self.results[n].get("std")) for n in names))
+            lines.append(row("std", "std"))
         if any("orbit" in self.results[n] for n in names):
-            lines.append("orbit".ljust(width) + "".join(cell(n, self.results[n].get("orbit")) for n in names))
-        n = len(self.elements)
+            lines.append(row("orbit", "orbit"))
+        n, averaged = len(self.elements), sum(self._averaged())
         if self.include_identity:
             lines.append(f"(means over all {n} elements)")
         else:
-            note = f"(means over the {n - 1} non-identity elements"
+            note = f"(means over the {averaged} non-identity elements"
             lines.append(note + (f"; accuracy over all {n})" if "accuracy" in names else ")"))
+        if any(k == "floor" for _, k in columns):
+            lines.append("(floor: the metric of the round trip g^-1 (g x), what resampling alone explains)")
         return "\n".join(lines)
+
+
+def _axis_label(group: str) -> str:
+    """The x-axis label of a continuous group's curve, from the report's group ``repr``."""
+    if group.startswith("SO2("):
+        return "rotation angle (degrees)"
+    if group.startswith("Scale("):
+        return "scale factor"
+    return "group element"
+
+
+def curve_panel(ax: Any, reports: dict[str, InvarianceReport], metric: str, *, floor: bool = True) -> list:
+    """Draw ``metric`` against the element values of each report into ``ax``; return the legend handles.
+
+    The first report's interpolation floor (if it has one and ``floor``) is a dashed grey curve, its mean a dotted
+    line; elements left out of the means are hollow markers. Reports without ``element_values`` or without the
+    metric raise :class:`ValueError`.
+    """
+    if not reports:
+        raise ValueError("no report to draw")
+    for label, report in reports.items():
+        if report.element_values is None:
+            raise ValueError(
+                f"report {label!r} ({report.group}) has no element values: curves need a continuous group's "
+                "report (evaluate_invariance(..., elements=...)); use InvarianceReport.plot() for bars"
+            )
+        if metric not in report.results:
+            raise ValueError(f"report {label!r} has no metric {metric!r}; it has {list(report.results)}")
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
+    handles = []
+    first = next(iter(reports.values()))
+    for k, (label, report) in enumerate(reports.items()):
+        color = palette[k % len(palette)]
+        res = report.results[metric]
+        kept = report._averaged() if metric != "accuracy" else [True] * len(report.elements)
+        handles += _mpl.curve(
+            ax, report.element_values, res["per_element"], label=label, color=color, hollow=[not a for a in kept]
+        )
+        if report is first:
+            handles.append(
+                ax.axhline(res["mean"], color=color, linestyle=":", linewidth=1, label=f"mean {res['mean']:.3g}")
+            )
+        if floor and "floor" in res and report is first:
+            handles += _mpl.curve(
+                ax,
+                report.element_values,
+                res["floor"]["per_element"],
+                label="interpolation floor" + (f" ({label})" if len(reports) > 1 else ""),
+                color="tab:gray",
+                linestyle="--",
+                marker=".",
+            )
+    ax.set_title(_LABELS.get(metric, metric))
+    ax.set_xlabel(_axis_label(first.group))
+    if first.group.startswith("SO2(") and all(0.0 <= v < 360.0 for v in first.element_values or []):
+        ax.set_xlim(-5, 365)
+        ax.set_xticks(range(0, 361, 45))
+    ax.legend(handles=handles, fontsize=7)
+    return handles
