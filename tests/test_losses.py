@@ -216,3 +216,33 @@ def test_cuda_matches_cpu():
     loss = ti.InvarianceLoss(model, ti.get_group("rotation", order=4))
     ref = loss(x)
     torch.testing.assert_close(loss.cuda()(x.cuda()).cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- errors when built (issue 20 item 4)
+def test_losses_check_group_elements_and_output_action_when_built():
+    from helpers import Listed
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    rot = ti.get_group("rotation", order=4)
+    # a wrong listing of elements() skipped an element in every training step
+    with pytest.raises(ValueError, match="does not list its elements correctly"):
+        ti.InvarianceLoss(model, Listed([0, 1, 2]))
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
+        ti.InvarianceLoss(model, ti.get_group("so2"), elements=2, generator=3)
+    # permutations missing for an element the loss uses failed in the first step that drew it
+    with pytest.raises(ValueError, match=r"inverses of \['rot90', 'rot270'\]"):
+        ti.EquivarianceLoss(model, rot, output_action={0: [0, 1, 2], 2: [2, 1, 0]})
+    with pytest.raises(ValueError, match="same length"):
+        ti.EquivarianceLoss(model, rot, output_action=[[0, 1, 2], [1, 0], [0, 1, 2], [1, 2, 0]])
+    with pytest.raises(ValueError, match=r"inverses of \['id'\]"):  # the identity's row is acted on too
+        ti.EquivarianceLoss(model, ti.get_group("flip"), output_action={1: [1, 0, 2]}, elements=[1])
+    with pytest.raises(ValueError, match="draws new elements"):
+        ti.EquivarianceLoss(model, ti.get_group("so2"), output_action={0.0: [0, 1, 2]}, elements=2)
+    # what is complete is accepted, and runs
+    x = torch.randn(2, 1, 4, 4)
+    ti.EquivarianceLoss(model, rot, output_action={0: [0, 1, 2], 2: [2, 1, 0]}, elements=[2])(x)
+    ti.EquivarianceLoss(model, rot, output_action=[[0, 1, 2]] * 4, elements=3)(x)
+    so2 = ti.get_group("so2")
+    ti.EquivarianceLoss(model, so2, output_action={0.0: [0, 1, 2], 270.0: [1, 0, 2]}, elements=[90.0])(
+        so2.mask_input(x)
+    )

@@ -33,7 +33,7 @@ from torchinvariance.divergences import (
     orbit_divergence,
     resolve_divergence,
 )
-from torchinvariance.groups import Group, ensure_group
+from torchinvariance.groups import Group, ensure_group, listed_elements
 from torchinvariance.orbit import check_batch, frozen_buffers, model_output, orbit_forward
 
 __all__ = [
@@ -196,6 +196,10 @@ class InvarianceLoss(_Composable):
                 f"{group!r} is continuous: its elements cannot be enumerated; pass elements=k to draw k elements "
                 "per call, or an explicit list (e.g. angles in degrees)"
             )
+        if elements is None:
+            listed_elements(group)  # a wrong listing (too short, identity not first) fails here, not in training
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
         self.elements = elements
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
@@ -365,9 +369,38 @@ class EquivarianceLoss(InvarianceLoss):
     ) -> None:
         super().__init__(model, group, divergence, elements, reduction, chunk_size, generator)
         self.output_action = resolve_output_action(output_action, group)
+        _check_permutations(self.output_action, group, self.elements)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, output_action={self.output_action.name!r}"
+
+
+def _check_permutations(action: OutputAction, group: Group, elements: int | list | None) -> None:
+    """A permutation output action must have a permutation for the inverse of every element used (and the identity).
+
+    Checked when the loss is built: otherwise the first call inside training raises (or, for random elements,
+    the first call that draws an element without a permutation).
+    """
+    table = getattr(action, "table", None)
+    if action.name != "permutation" or not isinstance(table, dict):
+        return
+    if isinstance(elements, int) and not group.is_finite:
+        raise ValueError(
+            f"a permutation output action lists its elements, but elements={elements} draws new elements of the "
+            f"continuous {group!r} on every call: pass the list of elements the permutations are given for"
+        )
+    used = listed_elements(group) if elements is None or isinstance(elements, int) else list(elements)
+    if not any(group.same_element(g, group.identity) for g in used):
+        used = [group.identity, *used]  # the forward of the orbit acts on f(x), the identity's row, too
+    missing = [group.element_name(g) for g in used if group.inverse(g) not in table]
+    if missing:
+        raise ValueError(
+            f"the permutation output action needs a permutation for the inverse of every element it is used on; "
+            f"none is given for the inverses of {missing} (it has permutations for elements {sorted(table)})"
+        )
+    sizes = {len(p) for p in table.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"the output permutations must all have the same length; got lengths {sorted(sizes)}")
 
 
 class WeightedInvarianceLoss(_Composable):
