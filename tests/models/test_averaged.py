@@ -78,3 +78,85 @@ def test_averaging_over_angles_of_so2():
         ti.assert_invariant(inner, so2, x, elements=angles, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="continuous: pass the elements"):
         ti.GroupAveraged(inner, so2)
+
+
+# ------------------------------------------------------------------ output actions: the equivariant reference (20.3)
+F64 = torch.float64
+IMAGE_GROUPS = [
+    ("rotation", {"order": 4}),
+    ("rotation", {"order": 2}),
+    ("flip", {"axis": "x"}),
+    ("flip", {"axis": "y"}),
+    ("dihedral", {}),
+]
+
+
+def averaged_loop(model, group, x, action):
+    """1/|G| sum_g g^-1 . f(g x), element by element, with the group's own act and the action called directly."""
+    with torch.no_grad():
+        rows = [action(group.inverse(g), model(group.act(g, x))) for g in group.elements()]
+    return torch.stack(rows).mean(0)
+
+
+@pytest.mark.parametrize("spec", IMAGE_GROUPS, ids=group_id)
+def test_a_generic_conv_net_averaged_with_same_is_equivariant_on_every_element(spec):
+    group = make_group(spec)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 5, padding=2))
+    x = torch.randn(3, 1, 12, 12)
+    with pytest.raises(AssertionError, match="is not equivariant"):
+        ti.assert_equivariant(net, group, x, "same")  # the plain net is not
+    averaged = ti.GroupAveraged(net, group, output_action="same")
+    ti.assert_equivariant(averaged, group, x, "same")  # every element, float32 tolerances
+    errors = ti.assert_equivariant(averaged, group, x, "same", dtype=F64)
+    assert errors.shape == (group.order,) and float(errors.max()) < 1e-12
+    xd = x.double()
+    reference = averaged_loop(net.double(), group, xd, lambda g, y: group.act(g, y))  # net and averaged: float64
+    torch.testing.assert_close(averaged(xd), reference, rtol=1e-12, atol=1e-12)
+    for g in group.elements():  # f(g x) = g . f(x), directly
+        torch.testing.assert_close(averaged(group.act(g, xd)), group.act(g, averaged(xd)))
+    with pytest.raises(AssertionError, match="is not invariant"):  # an equivariant output is not an invariant one
+        ti.assert_invariant(averaged, group, xd)
+    assert "output_action='same'" in repr(averaged)
+
+
+def test_permutation_and_representation_actions():
+    """Classes swapped by the mirror; a 2-vector turned by the rotation matrix of each quarter turn."""
+    torch.manual_seed(1)
+    flip, rot = ti.get_group("flip"), ti.get_group("rotation", order=4)
+    x = torch.randn(4, *IN_SHAPE, dtype=F64)
+    swap = {0: [0, 1], 1: [1, 0]}
+    mlp = ti.MLP(in_shape=IN_SHAPE, num_classes=2, hidden=8).double()
+    with pytest.raises(AssertionError):
+        ti.assert_equivariant(mlp, flip, x, swap)
+    averaged = ti.GroupAveraged(mlp, flip, output_action=swap)
+    ti.assert_equivariant(averaged, flip, x, swap)
+    torch.testing.assert_close(averaged(x.flip(-1)), averaged(x)[:, [1, 0]])
+    perm = ti.OutputAction.permutation(swap)
+    torch.testing.assert_close(averaged(x), averaged_loop(mlp, flip, x, perm), rtol=1e-12, atol=1e-12)
+
+    def rho(g):
+        c, s = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][g]
+        return torch.tensor([[c, -s], [s, c]], dtype=F64)
+
+    averaged = ti.GroupAveraged(mlp, rot, output_action=rho)
+    with pytest.raises(AssertionError):
+        ti.assert_equivariant(mlp, rot, x, rho)
+    ti.assert_equivariant(averaged, rot, x, rho)
+    for g in rot.elements():
+        torch.testing.assert_close(averaged(rot.act(g, x)), averaged(x) @ rho(g).T)
+    torch.testing.assert_close(
+        averaged(x), averaged_loop(mlp, rot, x, ti.OutputAction.representation(rho)), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_output_action_is_checked_when_built():
+    rot, flip = ti.get_group("rotation", order=4), ti.get_group("flip")
+    mlp = ti.MLP(in_shape=IN_SHAPE, num_classes=2, hidden=4)
+    with pytest.raises(ValueError, match=r"output_action must be 'trivial', 'same'.*got 'rotate'"):
+        ti.GroupAveraged(mlp, rot, output_action="rotate")
+    with pytest.raises(ValueError, match=r"none is given for the inverses of \['rot90', 'rot270'\]"):
+        ti.GroupAveraged(mlp, rot, output_action={0: [0, 1], 2: [1, 0]})
+    ti.GroupAveraged(mlp, rot, elements=[0, 2], output_action={0: [0, 1], 2: [1, 0]})  # the subgroup it covers
+    with pytest.raises(ValueError, match="output_action='same' acts on each output"):  # logits cannot be rotated
+        ti.GroupAveraged(mlp, flip, output_action="same")(torch.randn(2, *IN_SHAPE))

@@ -1,4 +1,4 @@
-r"""Symmetrization: make any model invariant by averaging its outputs over the orbit of the input."""
+r"""Symmetrization: make any model invariant (or equivariant) by averaging its outputs over the orbit of the input."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
-from torchinvariance.groups import Group, ensure_group
+from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
+from torchinvariance.groups import Group, ensure_group, listed_elements
 from torchinvariance.orbit import orbit_forward
 
 __all__ = ["GroupAveraged"]
@@ -17,11 +18,21 @@ class GroupAveraged(nn.Module):
     r"""Average a model's outputs over the orbit of the input (group averaging, symmetrization).
 
     .. math::
-        \bar f(x) = \frac{1}{|G|} \sum_{g \in G} f(g \cdot x)
+        \bar f(x) = \frac{1}{|G|} \sum_{g \in G} \rho_{\text{out}}(g)^{-1} f(g \cdot x)
 
-    :math:`\bar f(h \cdot x) = \bar f(x)` for every :math:`h \in G`, since :math:`g h` runs over :math:`G` when
-    :math:`g` does: exact invariance without any change to the architecture of ``model``, at :math:`|G|` times the
-    cost. The whole orbit goes through ``model`` in one batched forward pass of ``|G| * B`` samples.
+    with :math:`\rho_{\text{out}}` the ``output_action`` (trivial by default, which gives the invariant average
+    :math:`\frac{1}{|G|} \sum_g f(g \cdot x)`). Since :math:`g h` runs over :math:`G` when :math:`g` does,
+
+    .. math::
+        \bar f(h \cdot x) = \frac{1}{|G|} \sum_{g} \rho_{\text{out}}(g)^{-1} f(g h \cdot x)
+        = \rho_{\text{out}}(h) \frac{1}{|G|} \sum_{k} \rho_{\text{out}}(k)^{-1} f(k \cdot x)
+        = \rho_{\text{out}}(h)\, \bar f(x)
+
+    for every :math:`h \in G` (:math:`k = g h`): exact invariance, or exact equivariance with ``output_action=``
+    (``"same"`` for a segmentation net or feature maps, a permutation of the classes, a representation), without any
+    change to the architecture of ``model``, at :math:`|G|` times the cost. It is the symmetrized reference of a
+    model: what the model would be if it were made invariant or equivariant by averaging. The whole orbit goes
+    through ``model`` in one batched forward pass of ``|G| * B`` samples.
 
     Args:
         model: any module mapping ``(N, ...)`` to outputs ``(N, ...)``.
@@ -29,7 +40,18 @@ class GroupAveraged(nn.Module):
         elements: average over these elements instead of the whole group
             (required for a continuous group, e.g. 24 angles of ``so2``: the
             average is then invariant to the finite subgroup they form, up to
-            interpolation).
+            interpolation). They should form a subgroup: the argument above
+            needs :math:`g h` to run over them.
+        output_action: how an element acts on the outputs
+            (:func:`~torchinvariance.actions.resolve_output_action`): ``None``
+            or ``"trivial"`` for invariance, ``"same"``, permutations,
+            ``rho(g)`` or a callable ``(g, y)``. It should be an action of the
+            group (for a representation, :math:`\rho(gh) = \rho(g)\rho(h)`).
+
+    Raises:
+        ValueError: (when built) a continuous group without ``elements``, an
+            unknown output action, or a permutation action without a
+            permutation for the inverse of every element averaged over.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -38,9 +60,19 @@ class GroupAveraged(nn.Module):
         >>> x = torch.randn(2, 1, 4, 4)
         >>> torch.allclose(model(x), model(x.flip(-1)), atol=1e-6)
         True
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> conv = ti.GroupAveraged(torch.nn.Conv2d(1, 2, 3, padding=1), rot, output_action="same")
+        >>> torch.allclose(conv(rot.act(1, x)), rot.act(1, conv(x)), atol=1e-6)  # a segmentation-style output
+        True
     """
 
-    def __init__(self, model: nn.Module, group: Group, elements: Sequence | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        group: Group,
+        elements: Sequence | None = None,
+        output_action: OutputActionLike | None = None,
+    ) -> None:
         super().__init__()
         ensure_group(group)
         check_model(model)
@@ -49,10 +81,27 @@ class GroupAveraged(nn.Module):
         self.model = model
         self.group = group
         self.elements = None if elements is None else [group.check_element(g) for g in elements]
+        self.output_action = resolve_output_action(output_action, group)
+        _check_permutations(self.output_action, group, listed_elements(group) if elements is None else self.elements)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``."""
-        return orbit_forward(self.model, self.group, x, self.elements).mean(0)
+        """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``, each row brought back by ``g^{-1}``."""
+        return orbit_forward(self.model, self.group, x, self.elements, output_action=self.output_action).mean(0)
 
     def extra_repr(self) -> str:
-        return f"group={self.group!r}"
+        action = "" if self.output_action.trivial else f", output_action={self.output_action.name!r}"
+        return f"group={self.group!r}{action}"
+
+
+def _check_permutations(action: OutputAction, group: Group, used: list) -> None:
+    """A permutation action needs a permutation for the inverse of every element averaged over: checked when built."""
+    table = getattr(action, "table", None)
+    if action.name != "permutation" or not isinstance(table, dict):
+        return
+    missing = [group.element_name(g) for g in used if group.inverse(g) not in table]
+    if missing:
+        raise ValueError(
+            "GroupAveraged brings the output of g x back with g^-1, so a permutation output action needs a "
+            f"permutation for the inverse of every element averaged over; none is given for the inverses of "
+            f"{missing} (it has permutations for elements {sorted(table)})"
+        )
