@@ -245,3 +245,14 @@ def test_python_m_torchinvariance_usage(capsys):
     with pytest.raises(SystemExit):
         top(["audit", "--help"])
     assert "--checkpoint" in capsys.readouterr().out
+
+
+def test_rotation_of_order_8_names_so2_angles(tmp_path, capsys):
+    """``--group rotation:order=8`` is not exact on the pixel grid: a clean error naming so2's angles (issue 20.6)."""
+    rc, _, err = _run(
+        capsys,
+        *("--model", "torchinvariance.models:MLP", "--model-kwargs", '{"in_shape": [1, 8, 8], "num_classes": 3}'),
+        *("--group", "rotation:order=8", "--input-shape", "1,8,8", "--samples", "2", "--out", tmp_path / "out"),
+    )
+    assert rc != 0 and "Traceback" not in err
+    assert "--group 'rotation:order=8'" in err and "so2:angles=0,45,90,135,180,225,270,315" in err

@@ -200,3 +200,25 @@ def test_a_short_listing_is_rejected_where_elements_none_means_the_whole_group()
 def test_check_group_fails_when_elements_does_not_start_with_the_identity():
     with pytest.raises(AssertionError, match=r"must list the identity g0 first .*; it starts with g1"):
         ti.check_group(Listed([1, 2, 3, 0]))
+
+
+@pytest.mark.parametrize("order", [3, 6, 8, 12])
+def test_rotation_of_another_order_names_so2_and_its_angles(order):
+    """Orders other than 2 and 4 are not exact on the pixel grid: the error names so2 at the angles (issue 20.6)."""
+    pattern = rf"need order in \{{2, 4\}}; got order={order}\. .*continuous group so2"
+    with pytest.raises(ValueError, match=pattern) as e:
+        ti.get_group("rotation", order=order)
+    angles = [float(a) for a in str(e.value).split("so2:angles=")[1].split(")")[0].split(",")]
+    assert angles == [360.0 * k / order for k in range(order)]
+    so2 = ti.get_group("so2")
+    x = so2.mask_input(torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    for angle in angles:  # the named angles are elements; the multiples of 90 degrees are exact
+        if angle % 90 == 0:
+            torch.testing.assert_close(so2.act(angle, x), torch.rot90(x, int(angle) // 90, (-2, -1)))
+    assert ti.orbit_forward(torch.nn.Flatten(), so2, x, angles).shape == (order, 2, 64)
+
+
+@pytest.mark.parametrize("order", [1, 4.0, True, -4, "8"])
+def test_rotation_rejects_other_orders_without_a_hint(order):
+    with pytest.raises(ValueError, match=r"need order in \{2, 4\}; got order=.*[^.]$"):
+        ti.get_group("rotation", order=order)

@@ -20,6 +20,20 @@ def _check_axis(axis: str) -> int:
     return _AXES[axis]
 
 
+def _so2_hint(order: object) -> str:
+    """How to get ``order`` rotations anyway: the continuous group ``so2`` at the multiples of ``360 / order``."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 3:
+        return ""
+    angles = [f"{360 * k / order:g}" for k in range(order)]
+    shown = angles if order <= 8 else [*angles[:3], "...", angles[-1]]
+    return (
+        f". Rotations by multiples of {360 / order:g} degrees interpolate on the pixel grid: use the continuous group "
+        f"so2 with those angles as elements, e.g. get_group('so2') with elements=[{', '.join(shown)}] "
+        f"(in the audit: --group so2:angles={','.join(shown) if order <= 8 else ','.join(angles)}); so2 is exact at "
+        "multiples of 90 degrees on inputs that are zero outside the inscribed disk"
+    )
+
+
 class Rotation(CyclicGroup):
     r"""Exact rotations of the pixel grid by multiples of :math:`360^\circ / n`.
 
@@ -28,10 +42,12 @@ class Rotation(CyclicGroup):
 
     Args:
         order: 2 (180 degrees) or 4 (90 degrees); other orders are not exact on
-            a square grid.
+            a square grid: for them use ``so2`` with the multiples of
+            ``360 / order`` degrees as elements (:class:`~torchinvariance.SO2`).
 
     Raises:
-        ValueError: for another order, or (on :meth:`act`) for non-square input.
+        ValueError: for another order (naming the so2 angles to use instead),
+            or (on :meth:`act`) for non-square input.
 
     Example:
         >>> import torch
@@ -45,8 +61,10 @@ class Rotation(CyclicGroup):
     name = "rotation"
 
     def __init__(self, order: int = 4) -> None:
-        if order not in (2, 4):
-            raise ValueError(f"exact rotations of the pixel grid need order in {{2, 4}}; got order={order!r}")
+        if order not in (2, 4) or isinstance(order, bool) or not isinstance(order, int):
+            raise ValueError(
+                f"exact rotations of the pixel grid need order in {{2, 4}}; got order={order!r}{_so2_hint(order)}"
+            )
         super().__init__(order)
         self._quarter_turns = 4 // order
 
