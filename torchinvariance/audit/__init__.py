@@ -35,9 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for g in result["groups"]:
         s = g["summary"]
+        labels = {"di": "DI", "li": "LI", "si": "SI", "error": "equivariance error"}
+
+        def ref(v):
+            return "none" if v is None else f"{v:.4g}"
+
         parts = [
-            f"{k.upper()} {s[k]['model']:.4g} (group-averaged {s[k]['group_averaged']:.4g})"
-            for k in ("di", "li", "si")
+            f"{label} {s[k]['model']:.4g} (group-averaged {ref(s[k]['group_averaged'])})"
+            for k, label in labels.items()
             if k in s
         ]
         print(f"{g['group']}: " + ", ".join(parts))

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AuditConfig", "AuditError", "GroupSpec", "build_parser", "parse_args"]
+__all__ = ["ActionSpec", "AuditConfig", "AuditError", "GroupSpec", "build_parser", "parse_args"]
 
 METRICS = ("di", "li", "si")
 DATA_CHOICES = "mnist | fmnist | folder:PATH | random"
@@ -22,36 +22,183 @@ class AuditError(Exception):
     """A problem with the audit's inputs; the message says what is wrong and how to fix it."""
 
 
+ELEMENT_KEYS = ("angles", "factors", "elements")  # the elements of a continuous group, listed
+SAMPLES_KEY = "samples"  # or drawn: k of them, with --seed
+
+
 @dataclass(frozen=True)
 class GroupSpec:
-    """A group named on the command line: ``NAME[:k=v,...]`` (values are Python literals, else strings)."""
+    """A group named on the command line: ``NAME[:k=v,...]`` (values are Python literals, else strings).
+
+    The group's own parameters go to :func:`~torchinvariance.get_group`. Three keys choose the elements of a
+    continuous group instead: ``angles=0,30,45,90`` (``so2``, degrees), ``factors=0.8,1.25`` (``scale``) or
+    ``elements=...`` (any continuous group) list them: the values after ``=`` up to the next ``k=v`` are the
+    list; ``samples=8`` draws 8 with ``--seed``. ``elements`` holds the list (a tuple of floats) or the count.
+    """
 
     text: str
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    elements: tuple[float, ...] | int | None = None
+    elements_key: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> GroupSpec:
-        """Parse ``rotation:order=4`` or ``translation:order=3,axis=x``."""
+        """Parse ``rotation:order=4``, ``translation:order=3,axis=x``, ``so2:angles=0,30,45`` or ``so2:samples=8``."""
         name, _, rest = text.partition(":")
         if not name.strip():
-            raise AuditError(f"--group {text!r}: expected NAME[:k=v,...], e.g. rotation:order=4")
+            raise AuditError(f"--group {text!r}: expected NAME[:k=v,...], e.g. rotation:order=4 or so2:samples=8")
         params: dict[str, Any] = {}
+        listed: dict[str, list[str]] = {}
+        current: str | None = None  # the element key whose list the bare values continue
         for item in filter(None, (p.strip() for p in rest.split(","))):
             key, eq, value = item.partition("=")
-            if not eq or not key.strip():
+            key = key.strip()
+            if not eq:
+                if current is None:
+                    raise AuditError(
+                        f"--group {text!r}: parameter {item!r} is not k=v (e.g. rotation:order=4); only the lists "
+                        f"{', '.join(k + '=' for k in ELEMENT_KEYS)} take several values (so2:angles=0,30,45,90)"
+                    )
+                listed[current].append(item)
+                continue
+            if not key:
                 raise AuditError(f"--group {text!r}: parameter {item!r} is not k=v (e.g. rotation:order=4)")
+            if key in params or key in listed:
+                raise AuditError(f"--group {text!r}: parameter {key!r} is given twice")
+            current = None
+            if key in ELEMENT_KEYS:
+                listed[key] = [value.strip()]
+                current = key
+                continue
             try:
-                params[key.strip()] = ast.literal_eval(value.strip())
+                params[key] = ast.literal_eval(value.strip())
             except (ValueError, SyntaxError):
-                params[key.strip()] = value.strip()
-        return cls(text=text, name=name.strip(), params=params)
+                params[key] = value.strip()
+        chosen = [k for k in (*ELEMENT_KEYS, SAMPLES_KEY) if k in listed or (k == SAMPLES_KEY and k in params)]
+        if len(chosen) > 1:
+            raise AuditError(
+                f"--group {text!r}: give the elements one way, {' or '.join(k + '=' for k in chosen)}, not both"
+            )
+        elements: tuple[float, ...] | int | None = None
+        key = chosen[0] if chosen else None
+        if key == SAMPLES_KEY:
+            k = params.pop(SAMPLES_KEY)
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise AuditError(
+                    f"--group {text!r}: samples= must be a positive integer (e.g. so2:samples=8); got {k!r}"
+                )
+            elements = k
+        elif key is not None:
+            values = []
+            for v in listed[key]:
+                try:
+                    number = float(v)
+                except ValueError:
+                    number = math.nan
+                if not v or not math.isfinite(number):
+                    raise AuditError(
+                        f"--group {text!r}: {key}= must list finite numbers separated by commas (e.g. "
+                        f"so2:angles=0,30,45,90 or scale:factors=0.8,1.25); got {v!r}"
+                    )
+                values.append(number)
+            elements = tuple(values)
+        return cls(text=text, name=name.strip(), params=params, elements=elements, elements_key=key)
 
     @property
     def slug(self) -> str:
-        """The group as a file-name-safe string, e.g. ``rotation-order4``."""
+        """The group as a file-name-safe string, e.g. ``rotation-order4`` or ``so2-angles0_30_45``."""
         parts = [self.name, *(f"{k}{v}" for k, v in self.params.items())]
+        if isinstance(self.elements, tuple):
+            parts.append(f"{self.elements_key}" + "_".join(f"{v:g}" for v in self.elements))
+        elif self.elements is not None:
+            parts.append(f"samples{self.elements}")
         return "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in str(p)) for p in parts)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """``--output-action``: how a group element acts on the model's output (:mod:`torchinvariance.actions`).
+
+    - ``trivial``: ``g · y = y``, an invariant classifier (the default);
+    - ``same``: the output transforms like the input (segmentation masks, feature maps ``(B, C, H, W)``);
+    - ``perm:ELEMENT=I,J,...;ELEMENT=...``: element ``ELEMENT`` (its name, e.g. ``rot90``, or its index in
+      ``group.elements()``) permutes the output channels (dim 1; ``perm:dim=2;...`` for another dim): output
+      position ``i`` takes the value of position ``I_i``. Every element but the identity needs one; finite groups
+      only;
+    - ``MODULE:CALLABLE``: a function ``(g, y) -> g · y`` (or ``rho(g) -> (d, d)`` matrix for vector outputs
+      ``(B, d)``) imported from an importable module.
+
+    Attributes:
+        text: the option as given.
+        kind: ``"trivial"``, ``"same"``, ``"perm"`` or ``"callable"``.
+        perms: for ``perm``, ``((element, permutation), ...)`` as given (elements as strings).
+        dim: for ``perm``, the output dim permuted.
+        target: for ``callable``, ``MODULE:CALLABLE``.
+    """
+
+    text: str = "trivial"
+    kind: str = "trivial"
+    perms: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    dim: int = 1
+    target: str | None = None
+
+    @property
+    def trivial(self) -> bool:
+        """Whether the output is left unchanged (invariance)."""
+        return self.kind == "trivial"
+
+    @classmethod
+    def parse(cls, text: str) -> ActionSpec:
+        """Parse ``trivial``, ``same``, ``perm:rot90=1,2,3,0;...`` or ``MODULE:CALLABLE``."""
+        expected = (
+            "expected trivial, same, perm:ELEMENT=I,J,...;ELEMENT=... (e.g. 'perm:flipx=1,0') or MODULE:CALLABLE "
+            "(a function (g, y) -> g·y)"
+        )
+        spec = text.strip()
+        if spec in ("trivial", "same"):
+            return cls(text=text, kind=spec)
+        head, sep, rest = spec.partition(":")
+        if not sep or not head.strip() or not rest.strip():
+            raise AuditError(f"--output-action {text!r}: {expected}")
+        if head.strip() != "perm":
+            return cls(text=text, kind="callable", target=f"{head.strip()}:{rest.strip()}")
+        perms: list[tuple[str, tuple[int, ...]]] = []
+        dim = 1
+        for item in filter(None, (p.strip() for p in rest.split(";"))):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if key == "dim" and eq:
+                try:
+                    dim = int(value)
+                except ValueError:
+                    dim = 0
+                if dim < 1:
+                    raise AuditError(
+                        f"--output-action {text!r}: dim= must be an output dim after the batch dim (>= 1); "
+                        f"got {value.strip()!r}"
+                    )
+                continue
+            try:
+                perm = tuple(int(v) for v in value.split(","))
+            except ValueError:
+                perm = ()
+            if not eq or not key or not perm or sorted(perm) != list(range(len(perm))):
+                raise AuditError(
+                    f"--output-action {text!r}: {item!r} is not ELEMENT=I,J,... with a permutation of 0..n-1 "
+                    "(e.g. perm:flipx=1,0 or 'perm:rot90=1,2,3,0;rot180=2,3,0,1;rot270=3,0,1,2')"
+                )
+            if key in (k for k, _ in perms):
+                raise AuditError(f"--output-action {text!r}: element {key!r} is given twice")
+            perms.append((key, perm))
+        if not perms:
+            raise AuditError(f"--output-action {text!r}: no permutation given; {expected}")
+        if len({len(p) for _, p in perms}) != 1:
+            raise AuditError(
+                f"--output-action {text!r}: the permutations have different lengths "
+                f"{sorted({len(p) for _, p in perms})}; every one permutes the same output dim"
+            )
+        return cls(text=text, kind="perm", perms=tuple(perms), dim=dim)
 
 
 @dataclass(frozen=True)
@@ -74,8 +221,9 @@ class AuditConfig:
         batch_size: samples per forward of the orbit.
         si_steps: integration steps of SI's integrated gradients.
         include_identity: the element averaging of the means.
-        seed: the seed of the random inputs.
+        seed: the seed of the random inputs and of the elements drawn with ``samples=``.
         progress: show progress bars.
+        output_action: how the group acts on the outputs (``trivial``: an invariant classifier).
     """
 
     model: str
@@ -95,6 +243,7 @@ class AuditConfig:
     include_identity: bool = False
     seed: int = 0
     progress: bool = True
+    output_action: ActionSpec = field(default_factory=ActionSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict of the configuration."""
@@ -104,6 +253,7 @@ class AuditConfig:
             d[key] = None if d[key] is None else str(d[key])
         d["input_shape"] = list(self.input_shape)
         d["metrics"] = list(self.metrics)
+        d["output_action"] = self.output_action.text
         return d
 
 
@@ -115,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Measure how invariant a trained classifier is: per group element and overall, accuracy (where the data "
             "have labels), top-1 consistency across the orbit, DI, LI and (with --metrics ...,si) SI, each beside two "
             "reference points: the group-averaged model (exactly invariant) and random inputs of the same "
-            "statistics. Writes report.json, report.md and PNG figures to --out. Nothing is downloaded."
+            "statistics. Writes report.json, report.md and PNG figures to --out. Nothing is downloaded. With "
+            "--output-action, an equivariant model (e.g. a segmentation net) instead: its equivariance error per "
+            "element beside the same two reference points."
         ),
+        epilog=GROUP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="MODULE:FACTORY building the model, e.g. torchvision.models:resnet18")
     p.add_argument(
@@ -124,7 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", type=Path, help="a state_dict saved with torch.save(model.state_dict(), PATH)")
     p.add_argument(
-        "--group", action="append", required=True, help="NAME[:k=v,...], e.g. rotation:order=4 (repeat for several)"
+        "--group",
+        action="append",
+        required=True,
+        help="NAME[:k=v,...]: rotation:order=4, flip:axis=x, so2:angles=0,30,45,90, so2:samples=8, "
+        "scale:min_scale=0.8,factors=0.8,1.25 (repeat for several; see 'groups' below)",
+    )
+    p.add_argument(
+        "--output-action",
+        default="trivial",
+        help="how an element acts on the output: trivial (default: an invariant classifier) | same (outputs "
+        "transform like the input: masks, feature maps) | 'perm:ELEMENT=I,J,...;...' (finite groups; e.g. "
+        "perm:flipx=1,0) | MODULE:CALLABLE (a function (g, y) -> g·y). Not trivial: the equivariance error is "
+        "reported; accuracy, top-1 consistency, DI, LI and SI are skipped",
     )
     p.add_argument("--data", default="random", help=f"{DATA_CHOICES} (default random; no labels)")
     p.add_argument(
@@ -138,10 +304,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="samples per forward of the orbit (default 64)")
     p.add_argument("--si-steps", type=int, default=50, help="integration steps of SI (default 50, the paper's)")
     p.add_argument("--include-identity", action="store_true", help="average the metrics over all group elements")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs and of samples= (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     return p
+
+
+GROUP_HELP = """groups (--group NAME[:k=v,...], values are Python literals, else strings):
+  finite groups: every element is measured, identity first
+    rotation:order=4   rotation:order=2   flip:axis=x   translation:order=3,axis=x   dihedral
+  continuous groups (so2, scale): name the elements, listed or drawn
+    so2:angles=0,30,45,90             these angles (degrees), in this order
+    so2:samples=8                     8 uniform angles drawn with --seed (sorted)
+    scale:factors=0.8,1.25            these scale factors
+    scale:min_scale=0.8,max_scale=1.25,samples=8
+                                      8 factors drawn log-uniformly in [min_scale, max_scale]
+    NAME:elements=...                 the listed elements of any other continuous group
+    (rotations by multiples of 45 degrees: so2:angles=0,45,90,135,180,225,270,315)
+  The values of angles=, factors=, elements= run up to the next k=v. A continuous group interpolates: the
+  report puts the interpolation floor (the same metric on the round trip g^-1 (g x)) beside DI and LI of every
+  element and draws the metrics against the angle or factor. Its group-averaged reference averages over the
+  identity and the measured elements only: it is not exactly invariant, neither between them nor at them.
+
+output actions (--output-action), for equivariant models f(g x) = g f(x):
+  same                               the output transforms like the input, e.g. segmentation masks
+  'perm:rot90=1,2,3,0;rot180=2,3,0,1;rot270=3,0,1,2'
+                                     element rot90 permutes the output channels: position i takes the value of
+                                     position I_i (the identity may be left out; 'perm:dim=2;...' for dim 2)
+  mypkg.actions:act                  a function act(g, y) -> g·y, or rho(g) -> (d, d) matrix for (B, d) outputs
+"""
 
 
 def _positive(name: str, value: int) -> int:
@@ -224,4 +415,5 @@ def parse_args(argv: Sequence[str] | None = None) -> AuditConfig:
         seed=args.seed,
         progress=not args.no_progress,
         out=args.out,
+        output_action=ActionSpec.parse(args.output_action),
     )

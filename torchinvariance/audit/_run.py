@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import importlib
+import inspect
 import json
 import platform
 import tempfile
@@ -14,18 +16,24 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from torchinvariance.audit._config import AuditConfig, AuditError, GroupSpec
+from torchinvariance.actions import OutputAction, resolve_output_action
+from torchinvariance.audit._config import ActionSpec, AuditConfig, AuditError, GroupSpec
 from torchinvariance.audit._inputs import AuditData, build_model, describe_tensor, load_data, pick_device, random_like
-from torchinvariance.groups import Group
+from torchinvariance.groups import SO2, Group, Scale
 from torchinvariance.metrics import InvarianceReport, SaliencyConfig, evaluate_invariance
+from torchinvariance.metrics._reduction import measured_elements
 from torchinvariance.models import GroupAveraged
-from torchinvariance.orbit import model_output
+from torchinvariance.orbit import model_output, resolve_elements
 from torchinvariance.plot import saliency_orbit
 from torchinvariance.registry import get_group, list_groups
+from torchinvariance.testing import equivariance_error
+from torchinvariance.testing._checks import _measure
 
 __all__ = ["run_audit"]
 
 REFERENCES = {"group_averaged": "group-averaged", "random_inputs": "random inputs"}
+# GroupAveraged(output_action=...) symmetrizes an equivariant model (issue 20 item 3); older versions cannot
+_AVERAGES_OUTPUTS = "output_action" in inspect.signature(GroupAveraged).parameters
 _ROWS = [  # (key in the report, label, the value of an invariant model)
     ("accuracy", "accuracy", None),
     ("consistency", "top-1 consistency", "1"),
@@ -51,12 +59,11 @@ def _build_group(spec: GroupSpec, cfg: AuditConfig) -> Group:
     except KeyError as exc:
         raise AuditError(f"--group {spec.text!r}: unknown group {spec.name!r}; available: {list_groups()}") from exc
     except (TypeError, ValueError) as exc:
-        raise AuditError(f"--group {spec.text!r}: {exc}") from exc
-    if not group.is_finite:
-        raise AuditError(
-            f"--group {spec.text!r}: {group!r} is continuous; the audit measures every element of a finite group "
-            "(e.g. rotation:order=4)"
-        )
+        hint = ""
+        if spec.name == "rotation" and "so2" not in str(exc):
+            hint = "; for rotations by other angles use so2 with the angles, e.g. so2:angles=0,45,90,135,180"
+        raise AuditError(f"--group {spec.text!r}: {exc}{hint}") from exc
+    _check_element_keys(spec, group)
     try:
         group.check_input(torch.zeros(1, *cfg.input_shape))
     except (ValueError, TypeError) as exc:
@@ -70,8 +77,117 @@ def _build_group(spec: GroupSpec, cfg: AuditConfig) -> Group:
     return group
 
 
-def _probe(model: nn.Module, cfg: AuditConfig, device: torch.device) -> int:
-    """Run one input through the model: it must return logits ``(1, classes)``; returns the number of classes."""
+def _check_element_keys(spec: GroupSpec, group: Group) -> None:
+    """``angles=`` for so2, ``factors=`` for scale, ``elements=``/``samples=`` for any continuous group."""
+    key = spec.elements_key
+    if group.is_finite:
+        if key is not None:
+            raise AuditError(
+                f"--group {spec.text!r}: {group!r} is finite and the audit measures every one of its elements; "
+                f"{key}= is for continuous groups (so2:angles=0,30,45,90, so2:samples=8, scale:factors=0.8,1.25)"
+            )
+        return
+    wanted = "angles" if isinstance(group, SO2) else "factors" if isinstance(group, Scale) else "elements"
+    if key is None:
+        raise AuditError(
+            f"--group {spec.text!r}: {group!r} is continuous, so name the elements to measure: "
+            f"{spec.name}:{wanted}=... (e.g. so2:angles=0,30,45,90, scale:factors=0.8,1.25) or "
+            f"{spec.name}:samples=8 (drawn with --seed)"
+        )
+    if key in ("angles", "factors") and key != wanted:
+        raise AuditError(
+            f"--group {spec.text!r}: {group!r} takes {wanted}=... (or samples=k), not {key}=; angles= is for "
+            "so2, factors= for scale"
+        )
+
+
+def _measured(spec: GroupSpec, group: Group, seed: int) -> list | None:
+    """The elements to measure: ``None`` (every element of a finite group), the listed ones, or ``k`` drawn once."""
+    if spec.elements is None:
+        return None
+    try:
+        wanted = list(spec.elements) if isinstance(spec.elements, tuple) else spec.elements
+        chosen = measured_elements(group, wanted, seed)
+    except (TypeError, ValueError) as exc:
+        raise AuditError(f"--group {spec.text!r}: {exc}") from exc
+    assert chosen is not None
+    return chosen
+
+
+def _averaging_set(group: Group, chosen: list | None) -> list | None:
+    """What the group-averaged reference averages over: the whole finite group, or the identity and ``chosen``."""
+    if chosen is None:
+        return None
+    rest = [g for g in chosen if not group.same_element(g, group.identity)]
+    unique: list = []
+    for g in rest:
+        if not any(group.same_element(g, h) for h in unique):
+            unique.append(g)
+    return [group.identity, *unique]
+
+
+def _import_action(target: str) -> Any:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AuditError(
+            f"--output-action {target!r}: cannot import module {module_name!r} ({exc}); install it or put the folder "
+            "holding it on PYTHONPATH (or use trivial, same or perm:...)"
+        ) from exc
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise AuditError(
+            f"--output-action {target!r}: importing module {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AuditError(f"--output-action {target!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise AuditError(
+            f"--output-action {target!r} is a {type(obj).__name__}, not a function (g, y) -> g·y or rho(g) -> matrix"
+        )
+    return obj
+
+
+def _build_action(action: ActionSpec, spec: GroupSpec, group: Group) -> OutputAction | None:
+    """The :class:`~torchinvariance.OutputAction` of ``--output-action`` for ``group``; ``None`` when trivial."""
+    where = f"--output-action {action.text!r} on --group {spec.text!r}"
+    if action.trivial:
+        return None
+    if action.kind == "same":
+        return resolve_output_action("same", group)
+    if action.kind == "callable":
+        try:
+            return resolve_output_action(_import_action(action.target or ""), group)
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"{where}: {exc}") from exc
+    if not group.is_finite:
+        raise AuditError(
+            f"{where}: perm: lists a permutation for every element, so it needs a finite group; {group!r} is "
+            "continuous (use same or MODULE:CALLABLE)"
+        )
+    els = resolve_elements(group, None)
+    by_key = {group.element_name(g): g for g in els} | {str(i): g for i, g in enumerate(els)}
+    n = len(action.perms[0][1])
+    table: dict[Any, list[int]] = {group.identity: list(range(n))}
+    for key, perm in action.perms:
+        if key not in by_key:
+            raise AuditError(
+                f"{where}: {key!r} is not an element of {group!r}; expected one of "
+                f"{[group.element_name(g) for g in els]} (or its index 0..{len(els) - 1})"
+            )
+        table[by_key[key]] = list(perm)
+    missing = [group.element_name(g) for g in els if g not in table]
+    if missing:
+        raise AuditError(
+            f"{where}: no permutation for the elements {missing}; give one for every element but the identity"
+        )
+    return OutputAction.permutation(table, dim=action.dim)
+
+
+def _probe(model: nn.Module, cfg: AuditConfig, device: torch.device) -> int | None:
+    """Run one input through the model: logits ``(1, classes)``, whose number it returns; any output with an action."""
     c, h, w = cfg.input_shape
     try:
         with torch.no_grad():
@@ -81,9 +197,98 @@ def _probe(model: nn.Module, cfg: AuditConfig, device: torch.device) -> int:
             f"the model failed on one input of shape (1, {c}, {h}, {w}): {type(exc).__name__}: {exc}. Check "
             "--input-shape (and --model-kwargs)"
         ) from exc
+    if not cfg.output_action.trivial:
+        return None
     if out.dim() != 2:
-        raise AuditError(f"the model returns {tuple(out.shape)} for one input; the audit needs logits (1, classes)")
+        raise AuditError(
+            f"the model returns {tuple(out.shape)} for one input; the audit of invariance needs logits (1, classes). "
+            "For an equivariant model (e.g. a segmentation net) pass --output-action same (or perm:..., "
+            "MODULE:CALLABLE)"
+        )
     return int(out.shape[1])
+
+
+def _probe_action(
+    model: nn.Module,
+    spec: GroupSpec,
+    group: Group,
+    action: OutputAction,
+    chosen: list | None,
+    cfg: AuditConfig,
+    device: torch.device,
+) -> None:
+    """The output action must apply to the model's outputs: one equivariance error on a zero input."""
+    elements = resolve_elements(group, None)[1:2] if chosen is None else chosen[:1]
+    try:
+        equivariance_error(model, group, torch.zeros(1, *cfg.input_shape, device=device), action, elements=elements)
+    except Exception as exc:
+        raise AuditError(
+            f"--output-action {cfg.output_action.text!r} does not fit the outputs of the model under --group "
+            f"{spec.text!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _mean(values: list[float], kept: list[bool]) -> float:
+    chosen = [v for v, k in zip(values, kept) if k] or values
+    return float(sum(chosen) / len(chosen))
+
+
+def _equivariance(
+    model: Any, group: Group, x: Tensor, action: OutputAction, elements: list | None, cfg: AuditConfig
+) -> dict[str, Any]:
+    r"""The equivariance error of ``model`` per element, in batches of ``cfg.batch_size``.
+
+    The measurement of :func:`~torchinvariance.equivariance_error` and :func:`~torchinvariance.assert_equivariant`
+    (the same function, with their default ``mask="auto"``): ``error`` per element is the maximum over samples of
+    :math:`\max_c |g^{-1} \cdot f(g \cdot x_b) - f(x_b)|_c`, ``equivariance_error`` on all samples;
+    ``error_mean_over_samples`` the mean over samples of the per-sample maximum. For a group that interpolates,
+    ``floor`` is the maximum over samples of the floor that :func:`~torchinvariance.assert_equivariant` adds to its
+    tolerance: the larger of the input's round trip :math:`f(g^{-1} (g x_b))` and the output's
+    :math:`g^{-1} \cdot (g \cdot f(x_b))`, each against :math:`f(x_b)`.
+    """
+    els = resolve_elements(group, elements)
+    rows, floors, scale = [], [], 0.0
+    for xb in x.split(cfg.batch_size):
+        deviation, batch_scale, _, _, floor = _measure(model, group, xb, els, None, True, action, "auto")
+        rows.append(deviation.double())
+        scale = max(scale, float(batch_scale))
+        if floor is not None:
+            floors.append(floor.double())
+    kept = [cfg.include_identity or not group.same_element(g, group.identity) for g in els]
+
+    def entry(per_sample: Tensor, reduce: str = "max") -> dict[str, Any]:
+        per = (per_sample.amax(1) if reduce == "max" else per_sample.mean(1)).tolist()
+        return {"mean": _mean(per, kept), "per_element": per}
+
+    dev = torch.cat(rows, 1)
+    result: dict[str, Any] = {
+        "elements": [group.element_name(g) for g in els],
+        "n_samples": int(x.shape[0]),
+        "averaged": kept,
+        "output_scale": scale,
+        "error": entry(dev),
+        "error_mean_over_samples": entry(dev, "mean"),
+    }
+    if not group.is_finite:
+        result["element_values"] = [float(g) for g in els]
+    if floors:
+        result["floor"] = entry(torch.cat(floors, 1))
+    return result
+
+
+def _as_report(group: Group, eq: dict[str, Any]) -> InvarianceReport:
+    """An equivariance result as an :class:`InvarianceReport` with one metric, ``equivariance``, for its plot."""
+    res: dict[str, Any] = {"mean": eq["error"]["mean"], "per_element": eq["error"]["per_element"]}
+    if "floor" in eq:
+        res["floor"] = {"mean": eq["floor"]["mean"], "per_element": eq["floor"]["per_element"]}
+    return InvarianceReport(
+        group=repr(group),
+        n_samples=eq["n_samples"],
+        elements=eq["elements"],
+        results={"equivariance": res},
+        element_values=eq.get("element_values"),
+        averaged=eq["averaged"],
+    )
 
 
 def _batches(x: Tensor, y: Tensor | None, size: int) -> list:
@@ -93,7 +298,7 @@ def _batches(x: Tensor, y: Tensor | None, size: int) -> list:
 
 
 def _evaluate(
-    model: Any, group: Group, x: Tensor, y: Tensor | None, names: list[str], cfg: AuditConfig
+    model: Any, group: Group, x: Tensor, y: Tensor | None, names: list[str], cfg: AuditConfig, elements: list | None
 ) -> InvarianceReport:
     wanted = [m for m in names if m != "accuracy" or y is not None]
     return evaluate_invariance(
@@ -105,6 +310,7 @@ def _evaluate(
         progress=False,
         include_identity=cfg.include_identity,
         n_steps=cfg.si_steps,
+        elements=elements,
     )
 
 
@@ -126,14 +332,21 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)  # a factory's random initialization (no checkpoint) is reproducible
     model = build_model(cfg).to(device)
-    groups = [(spec, _build_group(spec, cfg)) for spec in cfg.groups]  # every group checked before measuring
+    groups = []  # every group, its elements and its output action checked before measuring
+    for spec in cfg.groups:
+        group = _build_group(spec, cfg)
+        groups.append((spec, group, _measured(spec, group, cfg.seed), _build_action(cfg.output_action, spec, group)))
     n_classes = _probe(model, cfg, device)
+    for spec, group, chosen, action in groups:
+        if action is not None:
+            _probe_action(model, spec, group, action, chosen, cfg, device)
     data: AuditData = load_data(cfg, n_classes)
     x = data.x.to(device)
     y = None if data.y is None else data.y.to(device)
     noise = random_like(data.x, cfg.seed).to(device)
-    names = ["accuracy", "consistency", *cfg.metrics]
-    si = "si" in cfg.metrics
+    equivariant = not cfg.output_action.trivial
+    names = [] if equivariant else ["accuracy", "consistency", *cfg.metrics]
+    si = "si" in names
     steps = len(groups) * (3 + int(si))
     result: dict[str, Any] = {
         "torchinvariance_audit": 1,
@@ -165,25 +378,72 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
         },
         "groups": [],
     }
+    if equivariant:
+        result["output_action"] = cfg.output_action.text
+        result["group_averaged_reference"] = _AVERAGES_OUTPUTS
+        result["skipped"] = {
+            "metrics": ["accuracy", "consistency", *cfg.metrics],
+            "why": "they need class logits (DI, SI, top-1 consistency, accuracy) or measure invariance f(g x) = f(x) "
+            "(LI); with --output-action the audit measures the equivariance error instead",
+        }
     with tqdm(total=steps, disable=not cfg.progress, desc="audit", unit="step") as bar:
-        for spec, group in groups:
-            averaged = GroupAveraged(model, group)
+        for spec, group, chosen, action in groups:
+            over = _averaging_set(group, chosen)
             entry: dict[str, Any] = {"group": spec.text, "repr": repr(group), "figures": []}
-            bar.set_postfix_str(f"{spec.text}: model")
-            reports = {"model": _evaluate(model, group, x, y, names, cfg)}
-            bar.update()
-            bar.set_postfix_str(f"{spec.text}: group-averaged model")
-            reports["group_averaged"] = _evaluate(averaged, group, x, y, names, cfg)
-            bar.update()
-            bar.set_postfix_str(f"{spec.text}: random inputs")
-            reports["random_inputs"] = _evaluate(model, group, noise, None, names, cfg)
-            bar.update()
-            entry.update({k: r.to_dict() for k, r in reports.items()})
-            entry["summary"] = _summary(reports)
-            fig = reports["model"].plot(
-                references={REFERENCES[k]: reports[k] for k in REFERENCES},
-                title=f"{spec.text}: model vs group-averaged vs random inputs ({x.shape[0]} samples)",
-            )
+            entry["elements"] = {
+                "how": "every element" if chosen is None else "listed" if spec.elements_key != "samples" else "drawn",
+                **({"seed": cfg.seed, "samples": spec.elements} if spec.elements_key == "samples" else {}),
+                "exact": bool(group.exact),
+                "group_averaged_over": "the whole group" if over is None else [group.element_name(g) for g in over],
+            }
+            title = f"{x.shape[0]} samples"
+            if action is None:
+                averaged = GroupAveraged(model, group, elements=over)
+                bar.set_postfix_str(f"{spec.text}: model")
+                reports = {"model": _evaluate(model, group, x, y, names, cfg, chosen)}
+                bar.update()
+                bar.set_postfix_str(f"{spec.text}: group-averaged model")
+                reports["group_averaged"] = _evaluate(averaged, group, x, y, names, cfg, chosen)
+                bar.update()
+                bar.set_postfix_str(f"{spec.text}: random inputs")
+                reports["random_inputs"] = _evaluate(model, group, noise, None, names, cfg, chosen)
+                bar.update()
+                entry.update({k: r.to_dict() for k, r in reports.items()})
+                entry["summary"] = _summary(reports)
+                fig = reports["model"].plot(
+                    references={REFERENCES[k]: reports[k] for k in REFERENCES},
+                    title=f"{spec.text}: model vs group-averaged vs random inputs ({title})",
+                )
+            else:
+                bar.set_postfix_str(f"{spec.text}: model")
+                eq = {"model": _equivariance(model, group, x, action, chosen, cfg)}
+                bar.update()
+                if _AVERAGES_OUTPUTS:
+                    bar.set_postfix_str(f"{spec.text}: group-averaged model")
+                    averaged = GroupAveraged(model, group, elements=over, output_action=action)  # type: ignore[call-arg]
+                    eq["group_averaged"] = _equivariance(averaged, group, x, action, chosen, cfg)
+                bar.update()
+                bar.set_postfix_str(f"{spec.text}: random inputs")
+                eq["random_inputs"] = _equivariance(model, group, noise, action, chosen, cfg)
+                bar.update()
+                entry["equivariance"] = eq
+                entry["summary"] = {
+                    key: {k: (eq[k][key]["mean"] if k in eq and key in eq[k] else None) for k in ("model", *REFERENCES)}
+                    for key in ("error", "error_mean_over_samples", "floor")
+                    if key in eq["model"]
+                }
+                if not _AVERAGES_OUTPUTS:
+                    entry["group_averaged_missing"] = (
+                        "GroupAveraged has no output_action in this version of torchinvariance, and without it the "
+                        "average would mix outputs that were never transformed back; only the random-input "
+                        "reference is given"
+                    )
+                reports = {k: _as_report(group, v) for k, v in eq.items()}
+                fig = reports["model"].plot(
+                    metrics=["equivariance"],
+                    references={REFERENCES[k]: reports[k] for k in REFERENCES if k in reports},
+                    title=f"{spec.text}: equivariance error, model vs references ({title})",
+                )
             name = f"{spec.slug}_elements.png"
             fig.savefig(out / name, dpi=110)
             entry["figures"].append(name)
@@ -194,6 +454,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                     {"model": model, "group-averaged": averaged},
                     group,
                     x[:k],
+                    elements=None if chosen is None else [group.identity, *chosen[:5]],
                     config=SaliencyConfig(n_steps=cfg.si_steps),
                     title=f"{spec.text}: realigned saliency maps over the orbit",
                 )
@@ -215,6 +476,11 @@ def _summary(reports: dict[str, InvarianceReport]) -> dict[str, dict[str, float 
         if key not in reports["model"].results:
             continue
         out[key] = {k: (r.results[key]["mean"] if key in r.results else None) for k, r in reports.items()}
+        if "floor" in reports["model"].results[key]:  # an interpolating group: the floor of each column
+            out[f"{key}_floor"] = {
+                k: (r.results[key]["floor"]["mean"] if "floor" in r.results.get(key, {}) else None)
+                for k, r in reports.items()
+            }
         if key == "consistency":
             out["consistency_orbit"] = {k: r.results[key]["orbit"] for k, r in reports.items()}
     return out
@@ -231,7 +497,6 @@ def _fmt(v: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """``report.md``: per group, the summary beside its two reference points, and the per-element values."""
     d, m = result["data"], result["model"]
-    n_elements = None
     lines = [
         "# Invariance audit",
         "",
@@ -263,35 +528,130 @@ def markdown(result: dict[str, Any]) -> str:
         "of the logits, which differ between data and noise: compare LI within a column. Means run over the "
         "non-identity group elements unless `--include-identity` was given; accuracy over all elements.",
     ]
-    for g in result["groups"]:
-        n_elements = len(g["model"]["elements"])
-        lines += ["", f"## `{g['group']}`: {g['repr']}, {n_elements} elements", ""]
-        lines += [f"<!-- summary {g['group']} -->", ""]
-        lines += ["| metric | model | group-averaged | random inputs | invariant model |", "|---|---:|---:|---:|---:|"]
-        for key, label, ideal in _ROWS:
-            if key in g["summary"]:
-                s = g["summary"][key]
-                lines.append(
-                    f"| {label} | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | {_fmt(s['random_inputs'])} | "
-                    f"{ideal or '–'} |"
-                )
-            if key == "consistency" and "consistency_orbit" in g["summary"]:
-                s = g["summary"]["consistency_orbit"]
-                lines.append(
-                    f"| same top-1 on the whole orbit | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | "
-                    f"{_fmt(s['random_inputs'])} | 1 |"
-                )
-        lines += ["", f"<!-- end of summary {g['group']} -->"]
-        present = [(k, label) for k, label, _ in _ROWS if k in g["model"]]
-        lines += ["", "Per group element (the model):", ""]
+    if "skipped" in result:
         lines += [
-            "| element | " + " | ".join(label for _, label in present) + " |",
-            "|---" + "|---:" * len(present) + "|",
+            "",
+            f"Output action `{result['output_action']}`: the model is audited as an equivariant model. Not measured: "
+            f"{', '.join(result['skipped']['metrics'])}; {result['skipped']['why']}."
+            + (
+                " The group-averaged reference is then `ti.GroupAveraged(model, group, output_action=...)`, each "
+                "output brought back by g^-1 before the average (equivariant by construction for a finite group)."
+                if result.get("group_averaged_reference")
+                else ""
+            ),
         ]
-        for i, element in enumerate(g["model"]["elements"]):
-            lines.append(
-                f"| {element} | " + " | ".join(_fmt(g["model"][k]["per_element"][i]) for k, _ in present) + " |"
-            )
-        lines += ["", f"<!-- end of per-element {g['group']} -->", ""]
+    for g in result["groups"]:
+        lines += _equivariance_markdown(g) if "equivariance" in g else _invariance_markdown(g)
         lines += [f"![{name}]({name})" for name in g["figures"]]
     return "\n".join(lines) + "\n"
+
+
+def _elements_note(g: dict[str, Any], what: str) -> list[str]:
+    """For a continuous group: which elements, and what the group-averaged reference averaged over."""
+    e = g.get("elements", {})
+    if e.get("how", "every element") == "every element":
+        return []
+    how = f"drawn with seed {e['seed']}" if e["how"] == "drawn" else "as listed"
+    over = ", ".join(e["group_averaged_over"])
+    return [
+        f"Elements {how}. The group interpolates: the **floor** beside each value is the same {what} on the round "
+        "trip g^-1 (g x), what resampling alone changes; read each value against its floor. The **group-averaged** "
+        f"reference is averaged over the identity and the measured elements only ({over}): they do not form a "
+        "group, so it is not "
+        "exactly invariant, neither at these elements nor between them; it is a smoothed model, not the floor of "
+        "the measurement.",
+        "",
+    ]
+
+
+def _invariance_markdown(g: dict[str, Any]) -> list[str]:
+    n_elements = len(g["model"]["elements"])
+    lines = ["", f"## `{g['group']}`: {g['repr']}, {n_elements} elements", ""]
+    lines += _elements_note(g, "metric")
+    lines += [f"<!-- summary {g['group']} -->", ""]
+    lines += ["| metric | model | group-averaged | random inputs | invariant model |", "|---|---:|---:|---:|---:|"]
+    for key, label, ideal in _ROWS:
+        for k, lab, ide in ((key, label, ideal), (f"{key}_floor", f"{label} floor (interpolation)", None)):
+            if k in g["summary"]:
+                s = g["summary"][k]
+                lines.append(
+                    f"| {lab} | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | {_fmt(s['random_inputs'])} | "
+                    f"{ide or '–'} |"
+                )
+        if key == "consistency" and "consistency_orbit" in g["summary"]:
+            s = g["summary"]["consistency_orbit"]
+            lines.append(
+                f"| same top-1 on the whole orbit | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | "
+                f"{_fmt(s['random_inputs'])} | 1 |"
+            )
+    lines += ["", f"<!-- end of summary {g['group']} -->"]
+    model = g["model"]
+    columns = []  # (label, values)
+    if "element_values" in model:
+        columns.append(("angle" if g["repr"].startswith("SO2(") else "value", model["element_values"]))
+    for k, label, _ in _ROWS:
+        if k in model:
+            columns.append((label, model[k]["per_element"]))
+            if "floor" in model[k]:
+                columns.append((f"{label} floor", model[k]["floor"]["per_element"]))
+    lines += ["", "Per group element (the model):", ""]
+    lines += ["| element | " + " | ".join(label for label, _ in columns) + " |", "|---" + "|---:" * len(columns) + "|"]
+    lines += _element_rows(model["elements"], columns, "element_values" in model)
+    lines += ["", f"<!-- end of per-element {g['group']} -->", ""]
+    return lines
+
+
+def _element_rows(elements: list[str], columns: list, with_value: bool) -> list[str]:
+    """One table row per element; the first column holds the element's value (angle, factor) when given."""
+    rows = []
+    for i, element in enumerate(elements):
+        cells = [f"{v[i]:g}" if with_value and j == 0 else _fmt(v[i]) for j, (_, v) in enumerate(columns)]
+        rows.append(f"| {element} | " + " | ".join(cells) + " |")
+    return rows
+
+
+_EQ_ROWS = [  # (key, label)
+    ("error", "equivariance error, max over samples"),
+    ("error_mean_over_samples", "equivariance error, mean over samples"),
+    ("floor", "interpolation floor, max over samples"),
+]
+
+
+def _equivariance_markdown(g: dict[str, Any]) -> list[str]:
+    eq = g["equivariance"]
+    model = eq["model"]
+    lines = ["", f"## `{g['group']}`: {g['repr']}, {len(model['elements'])} elements", ""]
+    lines += _elements_note(g, "error")
+    lines += [
+        "The equivariance error of an element g is max |g^-1 · f(g x) - f(x)| over the outputs "
+        "(`ti.equivariance_error`, with its default mask: for `same` on so2 the outputs are compared on the "
+        "inscribed disk, whose outside g^-1 zeroes), 0 for an equivariant model; the largest output |f(x)| of the "
+        f"model on the data is {_fmt(model['output_scale'])}. For a group that interpolates, the floor is that "
+        "`ti.assert_equivariant` adds to its tolerance: the larger response to the round trip of the input, "
+        "f(g^-1 (g x)), and of the output, g^-1 · (g · f(x)).",
+        "",
+    ]
+    if "group_averaged_missing" in g:
+        lines += [f"No group-averaged reference: {g['group_averaged_missing']}.", ""]
+    lines += [f"<!-- summary {g['group']} -->", ""]
+    lines += ["| measure | model | group-averaged | random inputs | equivariant model |", "|---|---:|---:|---:|---:|"]
+    for key, label in _EQ_ROWS:
+        if key in g["summary"]:
+            s = g["summary"][key]
+            ideal = "0" if key.startswith("error") else "–"
+            lines.append(
+                f"| {label} | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | {_fmt(s['random_inputs'])} | {ideal} |"
+            )
+    lines += ["", f"<!-- end of summary {g['group']} -->"]
+    columns = []
+    if "element_values" in model:
+        columns.append(("angle" if g["repr"].startswith("SO2(") else "value", model["element_values"]))
+    for key, label in _EQ_ROWS:
+        for ref, name in (("model", "model"), *REFERENCES.items()):
+            if ref in eq and key in eq[ref] and (key.startswith("error") or ref == "model"):
+                columns.append((f"{name}: {label}", eq[ref][key]["per_element"]))
+    lines += ["", "Per group element:", ""]
+    lines += ["| element | " + " | ".join(label for label, _ in columns) + " |", "|---" + "|---:" * len(columns) + "|"]
+    lines += _element_rows(model["elements"], columns, "element_values" in model)
+    lines += ["", f"<!-- end of per-element {g['group']} -->", ""]
+    return lines
