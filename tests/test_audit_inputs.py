@@ -76,3 +76,129 @@ def test_applied_normalization_is_reported_as_applied(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["data"]["normalize"] == report["data"]["normalize_requested"] == "0.5:0.25"
     assert "not applied" not in (tmp_path / "out" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ item 17: a factory that raises
+FACTORIES = """
+import torch
+
+
+def runtime(**kwargs):
+    raise RuntimeError("CUDA out of memory while building")
+
+
+def value(**kwargs):
+    raise ValueError("num_classes must be even")
+
+
+def oserror(**kwargs):
+    raise FileNotFoundError("weights.bin not found")
+"""
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    (tmp_path / "audit_factories.py").write_text(FACTORIES)
+    (tmp_path / "audit_broken_module.py").write_text("raise RuntimeError('broken at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("runtime", "RuntimeError: CUDA out of memory while building"),
+        ("value", "ValueError: num_classes must be even"),
+        ("oserror", "FileNotFoundError: weights.bin not found"),
+    ],
+)
+def test_factory_that_raises_gives_a_clean_error(factories, capsys, factory, message):
+    rc, _, err = _run(capsys, _argv(factories, model=f"audit_factories:{factory}", model_kwargs="{}"))
+    assert rc == 2, err
+    assert err.startswith("audit: error: ") and "Traceback" not in err
+    assert f"'audit_factories:{factory}'" in err and message in err, err
+    assert not (factories / "out" / "report.json").exists()
+
+
+def test_module_that_raises_on_import_gives_a_clean_error(factories, capsys):
+    rc, _, err = _run(capsys, _argv(factories, model="audit_broken_module:f"))
+    assert rc == 2
+    assert "importing module 'audit_broken_module' raised RuntimeError: broken at import" in err, err
+
+
+# ------------------------------------------------------------------ item 18: an unreadable image
+def _images(folder, n=4):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("L", (8, 8), color=40 * i).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("kind", ["not-an-image", "truncated", "empty"])
+def test_corrupt_image_in_folder_names_the_file(tmp_path, capsys, kind):
+    folder = tmp_path / "images"
+    _images(folder)
+    bad = folder / "2.png"
+    if kind == "not-an-image":
+        bad.write_text("this is not a PNG")  # PIL.UnidentifiedImageError
+    elif kind == "truncated":
+        from PIL import Image
+
+        Image.effect_noise((64, 64), 50).save(bad)  # incompressible pixels: cutting the file cuts the image data
+        bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # the header reads, decoding: OSError
+    else:
+        bad.write_bytes(b"")
+    rc, _, err = _run(capsys, _argv(tmp_path, data=f"folder:{folder}"))
+    assert rc == 2, err
+    assert f"cannot read the image {bad}" in err and "remove or replace that file" in err, err
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_corrupt_image_beyond_samples_is_not_read(tmp_path, capsys):
+    folder = tmp_path / "images"
+    _images(folder, n=5)
+    (folder / "4.png").write_text("not read: only the first --samples images are")
+    rc, _, err = _run(capsys, _argv(tmp_path, data=f"folder:{folder}", samples=4))
+    assert rc == 0, err
+
+
+# ------------------------------------------------------------------ item 19: checkpoints that are not state_dicts
+def _state(tmp_path, name, change):
+    import torch
+
+    import torchinvariance as ti
+
+    state = ti.MLP(in_shape=(1, 8, 8), num_classes=3, hidden=8).state_dict()
+    change(state)
+    torch.save(state, tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("text", "cannot be loaded with weights_only=True (KeyError"),
+        ("binary", "cannot be loaded with weights_only=True (RuntimeError"),
+        ("string-value", "entries hold something else than a tensor (e.g. ['features.1.weight: str'])"),
+        ("int-value", "entries hold something else than a tensor (e.g. ['features.1.weight: int'])"),
+        ("list", "holds a list, not a state_dict"),
+    ],
+)
+def test_bad_checkpoint_gives_a_clean_error(tmp_path, capsys, content, message):
+    import torch
+
+    path = tmp_path / "model.pt"
+    if content == "text":
+        path.write_text("hello world\nthis is not a checkpoint\n")
+    elif content == "binary":
+        path.write_bytes(b"PK\x03\x04 not a zip archive")
+    elif content == "string-value":
+        path = _state(tmp_path, "model.pt", lambda s: s.__setitem__("features.1.weight", "hello"))
+    elif content == "int-value":
+        path = _state(tmp_path, "model.pt", lambda s: s.__setitem__("features.1.weight", 3))
+    else:
+        torch.save([1, 2, 3], path)
+    rc, _, err = _run(capsys, _argv(tmp_path, checkpoint=path))
+    assert rc == 2, err
+    assert f"--checkpoint {path}" in err and message in err and "Traceback" not in err, err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import importlib
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,12 @@ def pick_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------------- model
+def _exception(exc: BaseException) -> str:
+    """``TypeName: first line of the message``, for error messages that name what went wrong."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def _factory(spec: str):
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -49,6 +54,10 @@ def _factory(spec: str):
         raise AuditError(
             f"--model {spec!r}: cannot import module {module_name!r} ({exc}); install the package that provides it "
             "or put the folder holding it on PYTHONPATH"
+        ) from exc
+    except Exception as exc:  # the module's own code failed while it was imported (SyntaxError, RuntimeError, ...)
+        raise AuditError(
+            f"--model {spec!r}: importing module {module_name!r} raised {_exception(exc)}; fix the module"
         ) from exc
     obj = module
     for part in attr.split("."):
@@ -73,6 +82,11 @@ def build_model(cfg: AuditConfig) -> nn.Module:
             f"--model {cfg.model!r} could not be built with --model-kwargs {cfg.model_kwargs}: {exc}; check the "
             "factory's arguments"
         ) from exc
+    except Exception as exc:  # anything the factory itself raises (RuntimeError, ValueError, an OSError, ...)
+        raise AuditError(
+            f"--model {cfg.model!r}: the factory raised {_exception(exc)} when called with --model-kwargs "
+            f"{cfg.model_kwargs}; fix the factory or its arguments"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise AuditError(f"--model {cfg.model!r} returned {type(model).__name__}, not a torch.nn.Module")
     if cfg.checkpoint is not None:
@@ -86,11 +100,10 @@ def _load_checkpoint(model: nn.Module, cfg: AuditConfig) -> None:
         raise AuditError(f"--checkpoint {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
+    except Exception as exc:  # not a torch.save file (a text file raises KeyError), pickled objects, truncated
         raise AuditError(
-            f"--checkpoint {path} cannot be loaded with weights_only=True ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); save a plain state_dict: "
-            "torch.save(model.state_dict(), PATH)"
+            f"--checkpoint {path} cannot be loaded with weights_only=True ({_exception(exc)}); it must be a file "
+            "written by torch.save holding a plain state_dict: torch.save(model.state_dict(), PATH)"
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a checkpoint that wraps the state_dict (e.g. Lightning's)
@@ -100,6 +113,13 @@ def _load_checkpoint(model: nn.Module, cfg: AuditConfig) -> None:
             "torch.save(model.state_dict(), PATH)"
         )
     own = model.state_dict()
+    not_tensors = [f"{k}: {type(v).__name__}" for k, v in state.items() if k in own and not isinstance(v, Tensor)]
+    if not_tensors:
+        raise AuditError(
+            f"--checkpoint {path}: {len(not_tensors)} entries hold something else than a tensor (e.g. "
+            f"{not_tensors[:3]}); a state_dict maps each parameter and buffer name to a tensor: save it with "
+            "torch.save(model.state_dict(), PATH)"
+        )
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
@@ -120,7 +140,13 @@ def _load_checkpoint(model: nn.Module, cfg: AuditConfig) -> None:
             f"{'; '.join(parts)}. Check --model and --model-kwargs (e.g. num_classes, in_shape) against the "
             "model the checkpoint was saved from"
         )
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # what the model's own load hooks reject
+        raise AuditError(
+            f"--checkpoint {path} does not load into the model built by {cfg.model}(**{cfg.model_kwargs}): "
+            f"{_exception(exc)}"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------- data
@@ -200,9 +226,16 @@ def _folder(cfg: AuditConfig) -> tuple[Tensor, Tensor | None]:
         raise AuditError(f"--data folder: images are read as 1 (grayscale) or 3 (RGB) channels, not {c}")
     xs, ys = [], []
     for path, label in items[: cfg.samples]:
-        with Image.open(path) as img:
-            arr = torch.frombuffer(bytearray(img.convert("L" if c == 1 else "RGB").tobytes()), dtype=torch.uint8)
-            size = img.size
+        try:
+            with Image.open(path) as img:
+                pixels = img.convert("L" if c == 1 else "RGB")  # decodes the file: a truncated one fails here
+                arr = torch.frombuffer(bytearray(pixels.tobytes()), dtype=torch.uint8)
+                size = img.size
+        except Exception as exc:  # UnidentifiedImageError, OSError (truncated), SyntaxError (broken PNG), ...
+            raise AuditError(
+                f"--data {cfg.data}: cannot read the image {path} ({_exception(exc)}); remove or replace that file "
+                "(the audit does not skip unreadable images: the samples would no longer be the first --samples)"
+            ) from exc
         t = arr.reshape(size[1], size[0], c).permute(2, 0, 1).float().unsqueeze(0) / 255.0
         xs.append(F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0])
         ys.append(label)
