@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import inspect
+import io
 import json
+import os
 import platform
 import tempfile
 import time
@@ -43,6 +46,9 @@ _ROWS = [  # (key in the report, label, the value of an invariant model)
 ]
 
 
+REPORT_FILES = ("report.json", "report.md")
+
+
 def _prepare_out(out: Path) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +56,65 @@ def _prepare_out(out: Path) -> Path:
             pass
     except OSError as exc:
         raise AuditError(f"--out {out} is not a writable folder ({exc}); choose a folder you can write to") from exc
+    for name in REPORT_FILES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            raise AuditError(f"--out {out}: {path} is a folder; the audit writes its report there, remove it")
     return out
+
+
+def _remove_stale_reports(out: Path) -> None:
+    """Delete a previous run's ``report.json``/``report.md`` before this run changes anything in ``out``.
+
+    From here until this run's report is written, ``out`` has no report: an interrupted run (Ctrl-C) leaves none,
+    never the old one beside figures it no longer describes. A symlink is removed itself, not what it points to.
+    """
+    for name in REPORT_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out / name)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all, never through a symlink planted at ``path``.
+
+    The bytes go to a fresh ``tempfile.mkstemp`` file in the same folder, flushed and fsynced, which is then
+    renamed over ``path`` (``os.replace``: atomic on POSIX, and it replaces a symlink itself instead of writing
+    to its target). On any error, ``KeyboardInterrupt`` included, the temp file is removed and ``path`` is left
+    as it was. The file gets the ordinary permissions of the umask, not mkstemp's 0600. (The recipe of the
+    benchmark's ``atomic_write``; the library does not import from ``benchmarks``.)
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fh.fileno(), 0o666 & ~umask)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes (kept in memory until the report is written)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _publish(out: Path, figures: dict[str, bytes], result: dict[str, Any]) -> None:
+    """Write the figures, then ``report.md``, then ``report.json``, each atomically.
+
+    A report names only files already in place: a report that exists is this run's, whole, with its figures.
+    """
+    for name, data in figures.items():
+        _atomic_write(out / name, data)
+    _atomic_write(out / "report.md", markdown(result).encode())
+    _atomic_write(out / "report.json", (json.dumps(result, indent=2, allow_nan=False) + "\n").encode())
 
 
 def _build_group(spec: GroupSpec, cfg: AuditConfig) -> Group:
@@ -344,6 +408,8 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     x = data.x.to(device)
     y = None if data.y is None else data.y.to(device)
     noise = random_like(data.x, cfg.seed).to(device)
+    _remove_stale_reports(out)  # every input is checked: from here on the folder holds no report until the new one
+    figures: dict[str, bytes] = {}  # the PNGs, written with the report at the end
     equivariant = not cfg.output_action.trivial
     names = [] if equivariant else ["accuracy", "consistency", *cfg.metrics]
     si = "si" in names
@@ -445,7 +511,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                     title=f"{spec.text}: equivariance error, model vs references ({title})",
                 )
             name = f"{spec.slug}_elements.png"
-            fig.savefig(out / name, dpi=110)
+            figures[name] = _png(fig)
             entry["figures"].append(name)
             if si:
                 bar.set_postfix_str(f"{spec.text}: saliency figure")
@@ -459,13 +525,12 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                     title=f"{spec.text}: realigned saliency maps over the orbit",
                 )
                 name = f"{spec.slug}_saliency.png"
-                fig.savefig(out / name, dpi=110)
+                figures[name] = _png(fig)
                 entry["figures"].append(name)
                 bar.update()
             result["groups"].append(entry)
     result["seconds"] = round(time.perf_counter() - started, 3)
-    (out / "report.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    (out / "report.md").write_text(markdown(result))
+    _publish(out, figures, result)
     return result
 
 
