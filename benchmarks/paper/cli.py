@@ -8,6 +8,8 @@ Sub-commands:
   regularizer) and the DA reference, pick nu by the guarded rule (:func:`benchmarks.paper.tune.choose_nu`) and
   write it, with the evidence, to the profile's section of the nu config file that ``run`` reads;
 - ``ablate-si``: the SI-recipe ablation on the trained DA and IR models (``si_ablation.md``);
+- ``robustness``: the worst element, the smallest flip and the LieGG-discovered symmetry of the first seed's
+  trained DA, IR and WT models (``robustness.md``, :mod:`benchmarks.paper.robustness`);
 - ``publish``: copy a finished run's tables, figures and ``results.json`` (no checkpoints) to ``--to``.
 
 This module only reads the command line: it is parsed once into a frozen configuration
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from benchmarks._common import pick_device
-from benchmarks.paper import ablation, pipeline, tune
+from benchmarks.paper import ablation, pipeline, robustness, tune
 from benchmarks.paper import data as D
 from benchmarks.paper.config import PublishConfig, RunConfig
 from benchmarks.paper.profiles import PROFILES, get_profile
@@ -93,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "command", nargs="?", default="run", choices=("run", "tune", "ablate-si", "publish"), help="default: run"
+        "command",
+        nargs="?",
+        default="run",
+        choices=("run", "tune", "ablate-si", "robustness", "publish"),
+        help="default: run",
     )
     p.add_argument(
         "--profile",
@@ -151,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="ablate-si: test samples (default: the profile's eval_si)",
+    )
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=2000,
+        help="robustness: test samples for the worst case and the smallest flips (default: 2000)",
+    )
+    p.add_argument(
+        "--discover-samples",
+        type=_positive_int,
+        default=500,
+        help="robustness: test samples for the LieGG symmetry spectrum (default: 500)",
     )
     p.add_argument(
         "--threads",
@@ -231,6 +249,8 @@ def parse(argv: list[str] | None = None) -> RunConfig | PublishConfig:
         max_members=args.max_members,
         dry_run=args.dry_run,
         ablation_samples=args.si_samples,
+        robustness_samples=args.samples,
+        discover_samples=args.discover_samples,
         threads=args.threads,
         workers=default_workers(device) if args.workers == "auto" else args.workers,
         search=args.search,
@@ -253,4 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.command == "ablate-si":
         return ablation.ablate(cfg, datasets, store)
+    if cfg.command == "robustness":
+        return robustness.robustness(cfg, datasets, store)
     return pipeline.run(cfg, datasets, store)

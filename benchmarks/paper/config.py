@@ -13,11 +13,12 @@ from benchmarks.paper.profiles import Profile
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything the ``run``, ``tune`` and ``ablate-si`` sub-commands need, resolved from the command line.
+    """Everything the ``run``, ``tune``, ``ablate-si`` and ``robustness`` sub-commands need, from the command line.
 
     Attributes:
-        command: ``run`` (train, evaluate, report), ``tune`` (the nu sweep only) or ``ablate-si`` (the SI-recipe
-            ablation on the trained DA and IR models).
+        command: ``run`` (train, evaluate, report), ``tune`` (the nu sweep only), ``ablate-si`` (the SI-recipe
+            ablation on the trained DA and IR models) or ``robustness`` (worst case, smallest flip and discovered
+            symmetry of the trained models, :mod:`benchmarks.paper.robustness`).
         profile: how much of the paper's protocol to run.
         device: the resolved torch device.
         data_root: folder with ``MNIST/raw`` and ``FashionMNIST/raw``.
@@ -35,6 +36,8 @@ class RunConfig:
         max_members: train at most this many runs per ensemble (``None``: every run of a (group, model kind) in one).
         dry_run: print the plan and the time estimates of ``tune`` and ``run``, train nothing.
         ablation_samples: test samples of the SI-recipe ablation (``None``: the profile's ``eval_si``).
+        robustness_samples: test samples of ``robustness``'s worst case and smallest flips.
+        discover_samples: test samples of ``robustness``'s LieGG symmetry spectrum.
         threads: torch CPU threads of this process (0: torch's own choice); each worker process runs one.
         workers: processes that train and evaluate independent runs at once (:mod:`benchmarks.paper.workers`).
         search: ``adaptive`` (the bisection of :func:`benchmarks.paper.tune.search_next`) or ``grid`` (every value).
@@ -42,7 +45,7 @@ class RunConfig:
         command_line: the command as typed, recorded in the outputs.
     """
 
-    command: Literal["run", "tune", "ablate-si"]
+    command: Literal["run", "tune", "ablate-si", "robustness"]
     profile: Profile
     device: torch.device
     data_root: Path
@@ -58,6 +61,8 @@ class RunConfig:
     max_members: int | None = None
     dry_run: bool = False
     ablation_samples: int | None = None
+    robustness_samples: int = 2000
+    discover_samples: int = 500
     threads: int = 1
     workers: int = 1
     search: Literal["adaptive", "grid"] = "adaptive"

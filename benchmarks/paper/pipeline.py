@@ -28,7 +28,17 @@ from benchmarks.paper.tune import load_nu, regularizers, sweep_specs, sweep_work
 
 BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 DRIFT_MODELS = ("DA", "WT", "IR-l2")
-PUBLISHED = ("table1.md", "claims.md", "figure5_spectral.md", "results.json", "si_ablation.md")
+PUBLISHED = (
+    "table1.md",
+    "claims.md",
+    "figure5_spectral.md",
+    "results.json",
+    "si_ablation.md",
+    "robustness.md",
+    "robustness.json",
+    "robustness_spectrum.png",
+    "robustness_flips.png",
+)
 EVAL_FIELDS = ("eval_test", "eval_si", "eval_jacobian", "drift_n")
 
 
