@@ -24,7 +24,7 @@ A run folder is used when its recorded training settings equal those of the prof
 it was trained with may differ from today's (the measurement reads a fixed checkpoint) and are recorded beside its
 numbers. Missing DA, IR (L2) or WT folders stop the command, naming them; the other IR models and WT (escnn) are
 measured when their folders are there. The outputs: ``robustness.json``, ``robustness.md`` (DA, IR and WT side by
-side per group, with Table 1's DI and LI of the same runs when their ``metrics.json`` is there),
+side per group, with Table 1's DI, LI and SI of the same runs when their ``metrics.json`` is there),
 ``robustness_spectrum.png`` and ``robustness_flips.png``, each written atomically.
 """
 
@@ -223,7 +223,7 @@ def robustness(cfg: RunConfig, datasets: dict, store: RunStore) -> int:
         - {None, train_settings(RunSpec("mnist", "rotation", "DA", seed), cfg.profile)["code"]}
     )
     label = f"**{cfg.profile.name} profile: {cfg.profile.demo}**\n\n" if cfg.profile.demo else ""
-    table = label + markdown(results, cfg.groups, n, n_discover, stale)
+    table = label + markdown(results, cfg.groups, n, n_discover, stale, cfg.profile.eval_si)
     out = cfg.results_dir
     write_text(out / "robustness.md", table)
     figure_spectrum(results, out / "robustness_spectrum.png")
@@ -252,7 +252,7 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
-def markdown(results: dict, groups: tuple[str, ...], n: int, n_discover: int, stale: list[str]) -> str:
+def markdown(results: dict, groups: tuple[str, ...], n: int, n_discover: int, stale: list[str], si_samples: int) -> str:
     """One table per group: a row per question, a column per model (DA, the IR models, WT, the untrained MLP)."""
     lines = [
         f"Seed 0's models on the first {n} test samples (each with its fixed group element; LieGG on the first "
@@ -260,13 +260,13 @@ def markdown(results: dict, groups: tuple[str, ...], n: int, n_discover: int, st
         "either way round, that change the top-1 prediction. LieGG: singular values of the Lie derivatives along the "
         "six 2-D affine generators, smallest first, relative to the largest; d(rot), d(trans): distance of the most "
         "invariant generator to the rotation generator and to the plane of the translations (0: equal, "
-        "sqrt 2 = 1.41: orthogonal); L_rot / s_6: the rms Lie derivative along the rotation generator itself, "
-        "relative to the largest singular value. DI and LI: Table 1's, on the whole test split "
-        f"({report.CONVENTION}).",
+        "sqrt 2 = 1.41: orthogonal); L_rot / s_6, L_shift-x / s_6: the rms Lie derivative along the rotation "
+        "generator itself and along the shift in x, relative to the largest singular value. DI, LI and SI: Table 1's "
+        f"(DI and LI on the whole test split, SI on its first {si_samples}; {report.CONVENTION}).",
         "",
     ]
     if stale:
-        lines += [f"The checkpoints were trained with an earlier code version ({', '.join(stale)}).", ""]
+        lines += [f"The checkpoints were trained with another code version than this one's ({', '.join(stale)}).", ""]
     for g in groups:
         lines += [f"**{GROUP_LABELS[g]}**", "", *group_table(results[g]), ""]
     return "\n".join(lines)
@@ -289,6 +289,7 @@ def group_table(res: dict) -> list[str]:
 
     row("DI (named group)", t1("di"))
     row("LI (named group)", t1("li"))
+    row("SI (named group)", t1("si"))
     row("accuracy (%)", lambda e: _pct(e["accuracy"]))
     row(f"worst-of-{len(first['element_accuracy'])} accuracy (%)", lambda e: _pct(e["worst_case_accuracy"]))
     row("lost to the worst element (points)", lambda e: f"{100 * (e['accuracy'] - e['worst_case_accuracy']):.2f}")

@@ -89,7 +89,11 @@ def test_measures_writes_and_publishes(tiny_runs, tmp_path, capsys):
     table = (tiny_runs / "robustness.md").read_text()
     assert table.startswith("**tiny profile: smoke test")
     assert "| | DA | IR (L2) | IR (KL) | WT | MLP (untrained) |" in table
-    assert "| worst-of-4 accuracy (%) |" in table and "| never flips (%) |" in table
+    assert (
+        "| SI (named group) | – |" in table
+        and "| worst-of-4 accuracy (%) |" in table
+        and "| never flips (%) |" in table
+    )
     for name in ("robustness_spectrum.png", "robustness_flips.png"):
         assert (tiny_runs / name).stat().st_size > 0
     assert "## Beyond the named group" in capsys.readouterr().out
@@ -110,7 +114,7 @@ def test_refuses_missing_and_mismatched_runs_accepts_older_code(tiny_runs):
     assert cli.main(_args(tiny_runs, "--samples", "8", "--discover-samples", "4")) == 0
     entry = read_json(tiny_runs / "robustness.json")["results"]["rotation"]["IR-l2"]
     assert entry["trained_with"]["code"] == "0123456789abcdef"
-    assert "earlier code version (0123456789abcdef)" in (tiny_runs / "robustness.md").read_text()
+    assert "another code version than this one's (0123456789abcdef)" in (tiny_runs / "robustness.md").read_text()
     # trained under other settings: refused, naming the folder and the setting
     write_json(train, {**rec, "settings": {**rec["settings"], "epochs": 300}})
     msg = _exit_message(_args(tiny_runs))
