@@ -138,3 +138,83 @@ def test_report_path_that_is_a_folder_is_refused_before_measuring(tmp_path, caps
     (out / "report.json").mkdir(parents=True)
     rc, _, err = _run(capsys, _argv(out))
     assert rc == 2 and "report.json is a folder" in err, err
+
+
+# ------------------------------------------------------------------ item 16: non-finite metric values
+HUGE = '''
+import torch
+from torch import nn
+
+import torchinvariance as ti
+
+
+class Huge(nn.Module):
+    """The paper's MLP with its logits cast to float64 and scaled: LI's squared differences overflow float64."""
+
+    def __init__(self, scale=1e200, dtype="float64"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mlp = ti.MLP(in_shape=(1, 8, 8), num_classes=3, hidden=8)
+        self.scale, self.dtype = scale, getattr(torch, dtype)
+
+    def forward(self, x):
+        return self.mlp(x).to(self.dtype) * self.scale
+'''
+
+
+@pytest.fixture
+def huge(tmp_path, monkeypatch):
+    (tmp_path / "audit_huge.py").write_text(HUGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    import audit_huge
+
+    importlib.reload(audit_huge)
+    return audit_huge
+
+
+def test_li_overflow_is_reported_not_a_crash(tmp_path, capsys, huge):
+    import numpy as np
+    import torch
+
+    import torchinvariance as ti
+
+    out = tmp_path / "out"
+    rc, stdout, err = _run(capsys, _argv(out, model="audit_huge:Huge", model_kwargs="{}", samples=6))
+    assert rc == 0, err
+    assert "LI of model not finite" in stdout and "LI not finite" in stdout, stdout
+    report = json.loads((out / "report.json").read_text())  # valid JSON: no NaN/Infinity tokens
+    (g,) = report["groups"]
+    for ref in ("model", "random_inputs"):
+        assert g[ref]["li"]["mean"] is None and g[ref]["li"]["per_element"] == [None] * 4
+        assert "non-finite" in g[ref]["li"]["not_finite"] and "inf" in g[ref]["li"]["not_finite"]
+        assert "li" in g["not_finite"][ref]
+    assert g["summary"]["li"]["model"] is None
+    # the other metrics are measured as usual: DI against the functional metric on the same model and inputs
+    model = huge.Huge().eval()
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        di = ti.distribution_invariance(model, ti.get_group("rotation", order=4), x).item()
+    np.testing.assert_allclose(g["summary"]["di"]["model"], di, rtol=1e-6, atol=1e-12)
+    assert g["summary"]["consistency"]["model"] is not None
+    md = (out / "report.md").read_text()
+    assert "| LI | not finite |" in md and "**LI of the model is not finite**" in md, md
+    assert "| rot90 |" in md and md.count("not finite") >= 5
+    assert (out / "rotation-order4_elements.png").is_file()  # the finite metrics are drawn
+
+
+def test_non_finite_outputs_are_reported(tmp_path, capsys, huge):
+    """float32 logits of 1e39 are inf: no metric has a value, the report says so for each."""
+    out = tmp_path / "out"
+    rc, stdout, err = _run(
+        capsys, _argv(out, model="audit_huge:Huge", model_kwargs='{"scale": 1e39, "dtype": "float32"}')
+    )
+    assert rc == 0, err
+    (g,) = json.loads((out / "report.json").read_text())["groups"]
+    assert sorted(g["not_finite"]["model"]) == ["consistency", "di", "li"]
+    assert all(g["summary"][k]["model"] is None for k in ("consistency", "di", "li"))
+    assert g["model"]["elements"] == ["rot0", "rot90", "rot180", "rot270"]
+    md = (out / "report.md").read_text()
+    assert "**DI of the model is not finite**" in md and "NaN or +Inf" in md
+    assert g["figures"] == [] and "0 figures" in stdout

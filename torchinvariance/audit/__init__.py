@@ -37,15 +37,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = g["summary"]
         labels = {"di": "DI", "li": "LI", "si": "SI", "error": "equivariance error"}
 
-        def ref(v):
-            return "none" if v is None else f"{v:.4g}"
+        bad = g.get("not_finite", {})
+
+        def ref(k, where, bad=bad, s=s):
+            if k in bad.get(where, {}):
+                return "not finite"
+            return "none" if s[k][where] is None else f"{s[k][where]:.4g}"
 
         parts = [
-            f"{label} {s[k]['model']:.4g} (group-averaged {ref(s[k]['group_averaged'])})"
+            f"{label} {ref(k, 'model')} (group-averaged {ref(k, 'group_averaged')})"
             for k, label in labels.items()
             if k in s
         ]
         print(f"{g['group']}: " + ", ".join(parts))
+        for where, metrics in bad.items():
+            names = ", ".join(labels.get(k, k) for k in metrics)
+            print(f"audit: warning: {g['group']}: {names} of {where.replace('_', ' ')} not finite (see report.md)")
     n_figures = sum(len(g["figures"]) for g in result["groups"])
-    print(f"wrote report.json, report.md and {n_figures} figures to {cfg.out} in {result['seconds']:.1f} s")
+    figures = f"{n_figures} figure{'' if n_figures == 1 else 's'}"
+    print(f"wrote report.json, report.md and {figures} to {cfg.out} in {result['seconds']:.1f} s")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import inspect
@@ -10,6 +11,7 @@ import io
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -361,21 +363,74 @@ def _batches(x: Tensor, y: Tensor | None, size: int) -> list:
     return list(zip(x.split(size), y.split(size)))
 
 
+# what evaluate_invariance and the metrics say when outputs or values are not finite (ValueError)
+_NON_FINITE = re.compile(r"non-finite|NaN|\bInf\b|\binf\b")
+
+
 def _evaluate(
     model: Any, group: Group, x: Tensor, y: Tensor | None, names: list[str], cfg: AuditConfig, elements: list | None
-) -> InvarianceReport:
+) -> tuple[InvarianceReport, dict[str, str]]:
+    """The report of the metrics ``names``, and ``{metric: why}`` for those whose values are not finite.
+
+    A metric whose value overflows (LI of logits near 1e200 in float64) or whose outputs are NaN/inf makes
+    :func:`evaluate_invariance` raise for all of them; the audit then measures each metric alone, keeps those
+    that are finite and reports the others as not finite with the message, instead of stopping without a report.
+    """
     wanted = [m for m in names if m != "accuracy" or y is not None]
-    return evaluate_invariance(
-        model,
-        group,
-        _batches(x, y, cfg.batch_size),
-        metrics=wanted,
-        device=x.device,
-        progress=False,
-        include_identity=cfg.include_identity,
-        n_steps=cfg.si_steps,
-        elements=elements,
-    )
+
+    def measure(metrics: list[str]) -> InvarianceReport:
+        return evaluate_invariance(
+            model,
+            group,
+            _batches(x, y, cfg.batch_size),
+            metrics=metrics,
+            device=x.device,
+            progress=False,
+            include_identity=cfg.include_identity,
+            n_steps=cfg.si_steps,
+            elements=elements,
+        )
+
+    try:
+        return measure(wanted), {}
+    except ValueError as exc:
+        if not _NON_FINITE.search(str(exc)):
+            raise
+    report, failed = None, {}
+    for name in wanted:
+        try:
+            one = measure([name])
+        except ValueError as exc:
+            if not _NON_FINITE.search(str(exc)):
+                raise
+            text = " ".join(str(exc).split())
+            text = text if len(text) <= 400 else text[:400] + " ..."
+            if name == "li" and "non-finite metric values" in text:  # finite logits, overflowing squares
+                text = (
+                    "LI squares differences of logits, which overflow float64 beyond about 1e154 (DI and top-1 "
+                    f"consistency do not depend on the logits' scale); {text}"
+                )
+            failed[name] = text
+            continue
+        report = one if report is None else dataclasses.replace(report, results={**report.results, **one.results})
+    if report is None:  # nothing finite: an empty report that still names the elements
+        measured = resolve_elements(group, elements)
+        report = InvarianceReport(
+            group=repr(group),
+            n_samples=int(x.shape[0]),
+            elements=[group.element_name(g) for g in measured],
+            include_identity=cfg.include_identity,
+            element_values=None if group.is_finite else [float(g) for g in measured],
+        )
+    return report, failed
+
+
+def _with_failures(report: InvarianceReport, failed: dict[str, str]) -> dict[str, Any]:
+    """``report.to_dict()`` with ``{"mean": None, "per_element": [None, ...], "not_finite": why}`` per failed metric."""
+    d = report.to_dict()
+    for name, why in failed.items():
+        d[name] = {"mean": None, "per_element": [None] * len(report.elements), "not_finite": why}
+    return d
 
 
 def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
@@ -466,20 +521,29 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
             if action is None:
                 averaged = GroupAveraged(model, group, elements=over)
                 bar.set_postfix_str(f"{spec.text}: model")
-                reports = {"model": _evaluate(model, group, x, y, names, cfg, chosen)}
+                reports, failed = {}, {}
+                reports["model"], failed["model"] = _evaluate(model, group, x, y, names, cfg, chosen)
                 bar.update()
                 bar.set_postfix_str(f"{spec.text}: group-averaged model")
-                reports["group_averaged"] = _evaluate(averaged, group, x, y, names, cfg, chosen)
+                reports["group_averaged"], failed["group_averaged"] = _evaluate(
+                    averaged, group, x, y, names, cfg, chosen
+                )
                 bar.update()
                 bar.set_postfix_str(f"{spec.text}: random inputs")
-                reports["random_inputs"] = _evaluate(model, group, noise, None, names, cfg, chosen)
-                bar.update()
-                entry.update({k: r.to_dict() for k, r in reports.items()})
-                entry["summary"] = _summary(reports)
-                fig = reports["model"].plot(
-                    references={REFERENCES[k]: reports[k] for k in REFERENCES},
-                    title=f"{spec.text}: model vs group-averaged vs random inputs ({title})",
+                reports["random_inputs"], failed["random_inputs"] = _evaluate(
+                    model, group, noise, None, names, cfg, chosen
                 )
+                bar.update()
+                entry.update({k: _with_failures(r, failed[k]) for k, r in reports.items()})
+                entry["summary"] = _summary(reports, failed)
+                if any(failed.values()):
+                    entry["not_finite"] = {k: v for k, v in failed.items() if v}
+                fig = None
+                if reports["model"].results:  # nothing to draw when no metric of the model is finite
+                    fig = reports["model"].plot(
+                        references={REFERENCES[k]: reports[k] for k in REFERENCES},
+                        title=f"{spec.text}: model vs group-averaged vs random inputs ({title})",
+                    )
             else:
                 bar.set_postfix_str(f"{spec.text}: model")
                 eq = {"model": _equivariance(model, group, x, action, chosen, cfg)}
@@ -511,9 +575,13 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                     title=f"{spec.text}: equivariance error, model vs references ({title})",
                 )
             name = f"{spec.slug}_elements.png"
-            figures[name] = _png(fig)
-            entry["figures"].append(name)
-            if si:
+            if fig is not None:
+                figures[name] = _png(fig)
+                entry["figures"].append(name)
+            if si and "si" in failed["model"]:  # its integrated gradients are not finite either
+                entry["figures_not_drawn"] = [f"{spec.slug}_saliency.png: SI of the model is not finite"]
+                bar.update()
+            elif si:
                 bar.set_postfix_str(f"{spec.text}: saliency figure")
                 k = min(4, x.shape[0])
                 fig = saliency_orbit(
@@ -534,21 +602,33 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     return result
 
 
-def _summary(reports: dict[str, InvarianceReport]) -> dict[str, dict[str, float | None]]:
-    """``{metric: {"model", "group_averaged", "random_inputs"}}`` of the means (None where not measured)."""
+def _summary(
+    reports: dict[str, InvarianceReport], failed: dict[str, dict[str, str]]
+) -> dict[str, dict[str, float | None]]:
+    """``{metric: {"model", "group_averaged", "random_inputs"}}`` of the means (None where not measured or not
+    finite: ``entry["not_finite"]`` says which).
+    """
     out: dict[str, dict[str, float | None]] = {}
     for key, _, _ in _ROWS:
-        if key not in reports["model"].results:
+        if key not in reports["model"].results and key not in failed["model"]:
             continue
         out[key] = {k: (r.results[key]["mean"] if key in r.results else None) for k, r in reports.items()}
+        if key not in reports["model"].results:
+            continue
         if "floor" in reports["model"].results[key]:  # an interpolating group: the floor of each column
             out[f"{key}_floor"] = {
                 k: (r.results[key]["floor"]["mean"] if "floor" in r.results.get(key, {}) else None)
                 for k, r in reports.items()
             }
         if key == "consistency":
-            out["consistency_orbit"] = {k: r.results[key]["orbit"] for k, r in reports.items()}
+            out["consistency_orbit"] = {
+                k: (r.results[key]["orbit"] if key in r.results else None) for k, r in reports.items()
+            }
     return out
+
+
+NOT_FINITE = "not finite"
+_REF_NAMES = {"model": "model", "group_averaged": "group-averaged model", "random_inputs": "model on random inputs"}
 
 
 def _fmt(v: float | None) -> str:
@@ -634,13 +714,17 @@ def _invariance_markdown(g: dict[str, Any]) -> list[str]:
     lines = ["", f"## `{g['group']}`: {g['repr']}, {n_elements} elements", ""]
     lines += _elements_note(g, "metric")
     lines += [f"<!-- summary {g['group']} -->", ""]
+    bad = g.get("not_finite", {})
+
+    def cell(key: str, ref: str) -> str:
+        return NOT_FINITE if key in bad.get(ref, {}) else _fmt(g["summary"][key][ref])
+
     lines += ["| metric | model | group-averaged | random inputs | invariant model |", "|---|---:|---:|---:|---:|"]
     for key, label, ideal in _ROWS:
         for k, lab, ide in ((key, label, ideal), (f"{key}_floor", f"{label} floor (interpolation)", None)):
             if k in g["summary"]:
-                s = g["summary"][k]
                 lines.append(
-                    f"| {lab} | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | {_fmt(s['random_inputs'])} | "
+                    f"| {lab} | {cell(k, 'model')} | {cell(k, 'group_averaged')} | {cell(k, 'random_inputs')} | "
                     f"{ide or '–'} |"
                 )
         if key == "consistency" and "consistency_orbit" in g["summary"]:
@@ -649,6 +733,10 @@ def _invariance_markdown(g: dict[str, Any]) -> list[str]:
                 f"| same top-1 on the whole orbit | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | "
                 f"{_fmt(s['random_inputs'])} | 1 |"
             )
+    for ref, metrics in bad.items():
+        for key, why in metrics.items():
+            label = dict((k, lab) for k, lab, _ in _ROWS)[key]
+            lines += ["", f"**{label} of the {_REF_NAMES[ref]} is not finite** (inf or NaN), so it has no value: {why}"]
     lines += ["", f"<!-- end of summary {g['group']} -->"]
     model = g["model"]
     columns = []  # (label, values)
@@ -656,7 +744,8 @@ def _invariance_markdown(g: dict[str, Any]) -> list[str]:
         columns.append(("angle" if g["repr"].startswith("SO2(") else "value", model["element_values"]))
     for k, label, _ in _ROWS:
         if k in model:
-            columns.append((label, model[k]["per_element"]))
+            values = model[k]["per_element"]
+            columns.append((label, [NOT_FINITE] * len(values) if "not_finite" in model[k] else values))
             if "floor" in model[k]:
                 columns.append((f"{label} floor", model[k]["floor"]["per_element"]))
     lines += ["", "Per group element (the model):", ""]
@@ -670,7 +759,10 @@ def _element_rows(elements: list[str], columns: list, with_value: bool) -> list[
     """One table row per element; the first column holds the element's value (angle, factor) when given."""
     rows = []
     for i, element in enumerate(elements):
-        cells = [f"{v[i]:g}" if with_value and j == 0 else _fmt(v[i]) for j, (_, v) in enumerate(columns)]
+        cells = [
+            f"{v[i]:g}" if with_value and j == 0 else v[i] if isinstance(v[i], str) else _fmt(v[i])
+            for j, (_, v) in enumerate(columns)
+        ]
         rows.append(f"| {element} | " + " | ".join(cells) + " |")
     return rows
 
