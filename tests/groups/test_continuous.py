@@ -136,3 +136,85 @@ def test_so2_angles_stay_in_0_360_for_tiny_negative_angles(tiny):
     assert torch.equal(so2.act(tiny, x), x)
     with pytest.raises(ValueError, match="only the identity"):
         ti.logit_invariance(mlp(64, dtype=F64), so2, x, elements=[tiny])
+
+
+# ----------------------------------------------------------------------------- issue 22 items 22 and 23
+@pytest.mark.parametrize("factor", [5e-324, 1e-300, 1e-7, 1e7, 1e300])
+def test_scale_rejects_factors_whose_inverse_is_not_finite_or_absurd(factor):
+    """5e-324 was accepted, its inverse is inf, and act() returned NaN images."""
+    scale = ti.get_group("scale")
+    with pytest.raises(ValueError, match=r"scale factors in \[1e-06, 1e\+06\].*got"):
+        scale.check_element(factor)
+    with pytest.raises(ValueError, match=r"scale factors in \[1e-06, 1e\+06\]"):
+        scale.act(factor, torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"1e-06 <= min_scale <= 1 <= max_scale <= 1e\+06"):
+        ti.get_group("scale", min_scale=min(factor, 1.0), max_scale=max(factor, 1.0))
+
+
+def test_scale_accepts_the_range_ends_with_finite_images():
+    scale = ti.get_group("scale")
+    x = torch.rand(2, 1, 8, 8, dtype=F64)
+    for factor in (1e-6, 1e6):
+        assert scale.check_element(factor) == factor and math.isfinite(scale.inverse(factor))
+        assert bool(torch.isfinite(scale.act(factor, x)).all())
+
+
+def _builtin_interpolating():
+    for interpolation in ("bilinear", "nearest", "bicubic"):
+        for mask in ("circle", None):
+            yield "so2", {"interpolation": interpolation, "mask": mask}
+        yield "scale", {"interpolation": interpolation}
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), list(_builtin_interpolating()), ids=lambda v: v if isinstance(v, str) else str(v)
+)
+def test_every_builtin_group_with_every_interpolation_passes_its_own_check(name, params):
+    """so2 and scale with interpolation='nearest' failed check_group: the round trip undoes its own rounding."""
+    report = ti.check_group(ti.get_group(name, **params))
+    assert report["action_checked"] and 0 < report["tolerance"] < 1
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest", "bicubic"])
+def test_check_group_still_fails_an_action_that_is_not_one_with_every_interpolation(interpolation):
+    """Test the tester: rotations by phi(g) = g + 10 sin(g) (or scalings by an odd wobble in log s) round-trip
+    exactly, so only the composition check can catch them, also with the looser tolerance of nearest sampling."""
+
+    class Wobbly(ti.SO2):
+        def transform(self, g, x):
+            return x if g == 0.0 else super().transform(self.check_element(g + 10 * math.sin(math.radians(g))), x)
+
+    class WobblyScale(ti.Scale):
+        def transform(self, g, x):
+            return x if g == 1.0 else super().transform(g * math.exp(0.1 * math.sin(20 * math.log(g))), x)
+
+    for group in (Wobbly(interpolation=interpolation), WobblyScale(interpolation=interpolation)):
+        with pytest.raises(AssertionError, match=r"action: \(.*\)·x and .* differ by .* > tolerance"):
+            ti.check_group(group)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.bool])
+@pytest.mark.parametrize("name", ["so2", "scale"])
+def test_integer_and_bool_images_keep_their_dtype(name, dtype):
+    """so2's circle mask turned int64/uint8/bool inputs into float32."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2 if dtype == torch.bool else 200, (2, 1, 12, 12), generator=gen).to(dtype)
+    element = 30.0 if name == "so2" else 1.2
+    for interpolation in ("bilinear", "nearest", "bicubic"):
+        group = ti.get_group(name, interpolation=interpolation)
+        out = group.act(element, x)
+        assert out.dtype == dtype and out.shape == x.shape
+        # reference: the same resampling of the values as floats (float64 for the wide integers, which float32
+        # cannot hold exactly), rounded and clamped to the dtype's range
+        ref = group.act(element, x.to(F64 if dtype in (torch.int32, torch.int64) else torch.float32))
+        lo, hi = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+        assert torch.equal(out, ref.round().clamp(lo, hi).to(dtype))
+    if name == "so2":
+        masked = ti.get_group("so2").mask_input(x)
+        assert masked.dtype == dtype
+        disk = ti.get_group("so2").disk(12, dtype=torch.bool)
+        assert torch.equal(masked[..., disk], x[..., disk]) and not masked[..., ~disk].any()
+        # nearest sampling keeps integer labels exact: a quarter turn of a masked label map is rot90
+        labels = ti.get_group("so2").mask_input(x)
+        turned = ti.get_group("so2", interpolation="nearest").act(90.0, labels)
+        assert torch.equal(turned, torch.rot90(labels, 1, (-2, -1)))

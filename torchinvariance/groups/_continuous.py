@@ -29,6 +29,11 @@ class ContinuousGroup(Group):
 
     ``order`` and ``elements()`` raise :class:`TypeError` (there are infinitely many elements); use
     :meth:`sample` or explicit element lists.
+
+    The action keeps the input's dtype, as every group's does. Integer and bool images (label maps, masks) are
+    resampled as numbers and the result is rounded to the nearest integer (:func:`torch.round`, halves to even)
+    and clamped to the dtype's range, as torchvision's transforms do for integer tensors; a bool pixel is ``True``
+    where the resampled value is above 1/2. ``nearest`` sampling therefore keeps integer labels exact.
     """
 
     is_finite = False
@@ -60,10 +65,18 @@ class ContinuousGroup(Group):
         """Resample the last two dims of ``x`` with the ``(2, 3)`` affine matrix ``theta`` (output -> input)."""
         shape = x.shape
         flat = x.reshape(-1, 1, shape[-2], shape[-1])
-        work = flat if flat.is_floating_point() else flat.float()
+        wide = x.dtype in (torch.int32, torch.int64)  # float32 holds integers exactly only up to 2**24
+        work = flat if flat.is_floating_point() else flat.to(torch.float64 if wide else torch.float32)
         grid = F.affine_grid(theta.to(work.dtype).expand(work.shape[0], 2, 3), list(work.shape), align_corners=False)
         out = F.grid_sample(work, grid, mode=interpolation, padding_mode="zeros", align_corners=False)
+        if not flat.is_floating_point():  # integer and bool images keep their dtype: rounded, within its range
+            lo, hi = (0, 1) if x.dtype == torch.bool else (torch.iinfo(x.dtype).min, torch.iinfo(x.dtype).max)
+            out = out.round().clamp(lo, hi)
         return out.to(x.dtype).reshape(shape)
+
+
+#: The smallest scale factor (and the inverse of the largest) that :class:`Scale` accepts.
+_MIN_FACTOR = 1e-6
 
 
 def _mod360(angle: float) -> float:
@@ -147,9 +160,9 @@ class SO2(ContinuousGroup):
         return ((c[:, None] ** 2 + c[None, :] ** 2) <= 1.0).to(dtype)
 
     def mask_input(self, x: Tensor) -> Tensor:
-        """``x`` with the pixels outside the inscribed disk set to 0."""
+        """``x`` with the pixels outside the inscribed disk set to 0, in ``x``'s dtype (``False`` for bool)."""
         self.check_input(x)
-        return x * self.disk(x.shape[-1], x.device, x.dtype if x.is_floating_point() else torch.float32)
+        return x.masked_fill(~self.disk(x.shape[-1], x.device, torch.bool), 0)
 
     def transform(self, g: float, x: Tensor) -> Tensor:
         if g == 0.0:
@@ -188,10 +201,11 @@ class Scale(ContinuousGroup):
 
     def __init__(self, min_scale: float = 0.8, max_scale: float = 1.25, interpolation: Interpolation = "bilinear"):
         if not (isinstance(min_scale, (int, float)) and isinstance(max_scale, (int, float))) or not (
-            0 < min_scale <= 1.0 <= max_scale
+            _MIN_FACTOR <= min_scale <= 1.0 <= max_scale <= 1.0 / _MIN_FACTOR
         ):
             raise ValueError(
-                f"need 0 < min_scale <= 1 <= max_scale; got min_scale={min_scale!r}, max_scale={max_scale!r}"
+                f"need {_MIN_FACTOR:g} <= min_scale <= 1 <= max_scale <= {1.0 / _MIN_FACTOR:g}; got "
+                f"min_scale={min_scale!r}, max_scale={max_scale!r}"
             )
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         self.interpolation = _check_interpolation(interpolation)
@@ -201,10 +215,19 @@ class Scale(ContinuousGroup):
         return 1.0
 
     def check_element(self, g: object) -> float:
-        """Any finite factor ``> 0``."""
+        """A factor in :math:`[10^{-6}, 10^6]`, so that it and its inverse are finite and positive.
+
+        A factor outside (``5e-324``, whose inverse is ``inf``, or ``1e300``) would make :meth:`act` sample at
+        infinite coordinates and return NaN; beyond a million-fold zoom no image keeps a pixel to compare.
+        """
         s = self._number(g)
         if s <= 0:
             raise ValueError(f"{self!r} has positive scale factors as elements; got {g!r}")
+        if not _MIN_FACTOR <= s <= 1.0 / _MIN_FACTOR:
+            raise ValueError(
+                f"{self!r} has scale factors in [{_MIN_FACTOR:g}, {1.0 / _MIN_FACTOR:g}] as elements, so that a "
+                f"factor and its inverse are finite; got {g!r} (inverse {1.0 / s:g})"
+            )
         return s
 
     def same_element(self, g: object, h: object) -> bool:
