@@ -246,3 +246,92 @@ def test_losses_check_group_elements_and_output_action_when_built():
     ti.EquivarianceLoss(model, so2, output_action={0.0: [0, 1, 2], 270.0: [1, 0, 2]}, elements=[90.0])(
         so2.mask_input(x)
     )
+
+
+# ----------------------------------------------------------------------------- dropout (issue 22 item 14)
+class _PooledDropout(torch.nn.Module):
+    """Sum over pixels (exactly rotation-invariant), then Linear, Dropout(0.5), Linear; float64."""
+
+    def __init__(self, pooled=True, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.pooled = pooled
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(1 if pooled else 36, 16), torch.nn.Tanh(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3)
+        ).double()
+
+    def forward(self, x):
+        return self.head(x.sum((-2, -1)) if self.pooled else x.flatten(1))
+
+
+def _dropout_reference(model, group, x, seed, shared):
+    """Explicit loop in float64: each copy in its own forward, from one seed (shared) or from one stacked forward."""
+    torch.manual_seed(seed)
+    if shared:
+        outs = []
+        for g in group.elements():
+            torch.manual_seed(seed)
+            outs.append(model(group.act(g, x)))
+    else:
+        outs = list(model(torch.cat([group.act(g, x) for g in group.elements()])).split(x.shape[0]))
+    return sum(0.5 * (o - outs[0]).pow(2).sum() for o in outs) / (group.order * x.shape[0])
+
+
+def test_dropout_default_gives_each_copy_its_own_mask_and_shared_randomness_one():
+    rot = ti.get_group("rotation", order=4)
+    x = _batch(6, dtype=torch.float64)
+    model = _PooledDropout().train()
+    # the default, pinned: one batched forward, every row its own mask, so an invariant model scores > 0
+    torch.manual_seed(5)
+    default = ti.InvarianceLoss(model, rot)(x)
+    torch.testing.assert_close(default, _dropout_reference(model, rot, x, 5, shared=False))
+    assert float(default.detach()) > 1e-3
+    with torch.no_grad():
+        assert float(ti.InvarianceLoss(model.eval(), rot)(x)) < 1e-24  # eval: no dropout, exactly invariant
+    model.train()
+    # shared_randomness: every copy replays f(x)'s random state, so the invariant model scores 0 in train mode
+    for chunk_size in (None, 1, 3):
+        reg = ti.InvarianceLoss(model, rot, shared_randomness=True, chunk_size=chunk_size)
+        torch.manual_seed(5)
+        value, fx = reg.forward_with_logits(x)
+        after = torch.rand(4)
+        torch.manual_seed(5)
+        ref_fx = model(x)
+        torch.testing.assert_close(fx, ref_fx, rtol=0, atol=0)  # f(x) as a plain forward draws it
+        assert torch.equal(after, torch.rand(4))  # ... and the generator is left as that one forward leaves it
+        assert float(value.detach()) < 1e-24
+    # test the tester: a model that is not invariant scores > 0 with shared masks, equal to the explicit loop,
+    # and trains (the gradient flows, also through the checkpointed chunks)
+    generic = _PooledDropout(pooled=False).train()
+    for chunk_size in (None, 2):
+        torch.manual_seed(7)
+        value = ti.InvarianceLoss(generic, rot, shared_randomness=True, chunk_size=chunk_size)(x)
+        torch.testing.assert_close(value, _dropout_reference(generic, rot, x, 7, shared=True))
+        assert float(value.detach()) > 1e-3
+        generic.zero_grad()
+        value.backward()
+        assert float(generic.head[0].weight.grad.abs().max()) > 0
+    # EquivarianceLoss takes the option too; logits= from another forward cannot share its masks
+    torch.manual_seed(5)
+    assert float(ti.EquivarianceLoss(model, rot, "trivial", shared_randomness=True)(x).detach()) < 1e-24
+    with pytest.raises(ValueError, match=r"shared_randomness=True.*forward_with_logits"):
+        ti.InvarianceLoss(model, rot, shared_randomness=True)(x, logits=model(x))
+    with pytest.raises(TypeError, match="shared_randomness must be True or False"):
+        ti.InvarianceLoss(model, rot, shared_randomness="yes")
+    assert "shared_randomness=True" in repr(ti.InvarianceLoss(model, rot, shared_randomness=True))
+
+
+def test_orbit_forward_shared_randomness_replays_one_state_per_element():
+    rot = ti.get_group("rotation", order=4)
+    x = _batch(3, dtype=torch.float64)
+    drop = torch.nn.Dropout(0.5).train()
+    model = lambda z: drop(torch.ones(z.shape[0], 8, dtype=z.dtype)) * z.sum((-2, -1))  # noqa: E731
+    torch.manual_seed(0)
+    out = ti.orbit_forward(model, rot, x, shared_randomness=True)
+    for i in range(4):  # the same masks, an invariant output (up to the order of the pixel sum)
+        torch.testing.assert_close(out[i], out[0], rtol=0, atol=1e-12)
+    torch.manual_seed(0)
+    independent = ti.orbit_forward(model, rot, x)
+    assert float((independent[1] - independent[0]).abs().max()) > 0.1  # test the tester: one forward draws anew
+    with pytest.raises(TypeError, match="shared_randomness must be a bool or a RandomState"):
+        ti.orbit_forward(model, rot, x, shared_randomness=1)

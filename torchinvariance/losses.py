@@ -34,7 +34,7 @@ from torchinvariance.divergences import (
     resolve_divergence,
 )
 from torchinvariance.groups import Group, ensure_group, listed_elements
-from torchinvariance.orbit import check_batch, frozen_buffers, model_output, orbit_forward
+from torchinvariance.orbit import RandomState, check_batch, frozen_buffers, model_output, orbit_forward
 
 __all__ = [
     "DIVERGENCES",
@@ -117,6 +117,23 @@ class InvarianceLoss(_Composable):
 
     Without batch-dependent layers the two patterns give the same value.
 
+    Random layers (dropout) in train mode draw independently for every row of
+    a forward, so by default each transformed copy of a sample gets its own
+    dropout mask, and the loss measures the invariance of the *stochastic*
+    network: it includes the spread that dropout alone causes (an exactly
+    invariant model with ``Dropout(0.5)`` has a clearly positive loss in train
+    mode and 0 in eval mode), and minimizing it also makes the model robust to
+    its own dropout, as consistency regularization does. With
+    ``shared_randomness=True`` the loss runs ``f(x)`` and then each
+    element's copy in its own forward, every one started from the same random
+    state, so copy ``g x_b`` gets the mask of ``x_b``: an invariant model
+    whose dropout acts after its invariant features scores 0 in train mode
+    too. This costs one forward per element instead of one batched forward,
+    needs ``f(x)`` from the loss itself (``logits=`` raises; use
+    :meth:`forward_with_logits`), and leaves the generators as ``f(x)`` left
+    them. A mask is shared per position, not per feature: dropout on feature
+    maps that the group moves (before pooling) still differs between copies.
+
     The loss holds ``model`` without registering it as a submodule: it has
     no parameters or buffers of its own, so ``loss.state_dict()`` is empty and
     a module holding both the model and the loss stores every weight once.
@@ -143,6 +160,8 @@ class InvarianceLoss(_Composable):
             so peak memory does not grow with the group order. Costs one extra
             forward of the transformed inputs.
         generator: random generator for ``elements=k``.
+        shared_randomness: give every transformed copy of a sample the random
+            draws (dropout masks) of ``f(x)``, see above; default ``False``.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -163,6 +182,8 @@ class InvarianceLoss(_Composable):
         reduction: Reduction = "mean",
         chunk_size: int | None = None,
         generator: torch.Generator | None = None,
+        *,
+        shared_randomness: bool = False,
     ) -> None:
         super().__init__()
         ensure_group(group)
@@ -207,6 +228,9 @@ class InvarianceLoss(_Composable):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self.generator = generator
+        if not isinstance(shared_randomness, bool):
+            raise TypeError(f"shared_randomness must be True or False, got {shared_randomness!r}")
+        self.shared_randomness = shared_randomness
         self.output_action: OutputAction = OutputAction.invariant()
 
     def _apply(self, fn, *args, **kwargs):
@@ -219,7 +243,7 @@ class InvarianceLoss(_Composable):
         return (
             f"model={type(self.model).__name__}, group={self.group!r}, "
             f"divergence={divergence_name(self.divergence)!r}, elements={self.elements!r}, reduction={self.reduction!r}"
-        )
+        ) + (", shared_randomness=True" if self.shared_randomness else "")
 
     def _elements(self) -> list[int]:
         if self.elements is None:
@@ -240,20 +264,24 @@ class InvarianceLoss(_Composable):
         """
         return orbit_divergence(self.divergence, fx, fgx, total=self.reduction != "none")
 
-    def _chunk_terms(self, x: Tensor, fx: Tensor, els: list[int]) -> Tensor:
+    def _chunk_terms(self, x: Tensor, fx: Tensor, els: list[int], state: RandomState | None = None) -> Tensor:
         # the transformed copies are not new data: running statistics (BatchNorm) stay as f(x) left them,
         # also when checkpointing recomputes this forward during backward
+        shared = False if state is None else state
         with frozen_buffers(self.model):
-            return self._pair(fx, orbit_forward(self.model, self.group, x, els, output_action=self.output_action))
+            out = orbit_forward(
+                self.model, self.group, x, els, output_action=self.output_action, shared_randomness=shared
+            )
+            return self._pair(fx, out)
 
-    def _nonid_terms(self, x: Tensor, fx: Tensor, nonid: list[int]) -> Tensor:
-        """Terms of the non-identity elements ``nonid``, given ``f(x)``."""
+    def _nonid_terms(self, x: Tensor, fx: Tensor, nonid: list[int], state: RandomState | None = None) -> Tensor:
+        """Terms of the non-identity elements ``nonid``, given ``f(x)`` (and the random state it was drawn from)."""
         if self.chunk_size is None:
-            return self._chunk_terms(x, fx, nonid)
+            return self._chunk_terms(x, fx, nonid, state)
         # always checkpoint with chunk_size, even for one chunk: autograd then keeps only x and f(x),
         # and each chunk's activations live only while that chunk is recomputed in backward
         parts = [
-            checkpoint(self._chunk_terms, x, fx, nonid[i : i + self.chunk_size], use_reentrant=False)
+            checkpoint(self._chunk_terms, x, fx, nonid[i : i + self.chunk_size], state, use_reentrant=False)
             for i in range(0, len(nonid), self.chunk_size)
         ]
         if len(parts) == 1:
@@ -291,6 +319,14 @@ class InvarianceLoss(_Composable):
         els = self._elements()
         nonid = [g for g in els if g != self.group.identity]
         b = x.shape[0]
+        if self.shared_randomness:
+            # f(x) first, from the state S; every copy replays S: the same dropout masks, the RNG left as after f(x)
+            state = RandomState(x.device)
+            fx = self._check_fx(self.model(x), b)
+            after = RandomState(x.device)
+            terms = self._nonid_terms(x, fx, nonid, state) if nonid else None
+            after.restore()
+            return self._finish(terms, els, fx), fx
         if self.chunk_size is not None or not nonid:
             fx = self._check_fx(self.model(x), b)
             return self._finish(self._nonid_terms(x, fx, nonid) if nonid else None, els, fx), fx
@@ -311,6 +347,12 @@ class InvarianceLoss(_Composable):
         """
         if logits is None:
             return self.forward_with_logits(x)[0]
+        if self.shared_randomness:
+            raise ValueError(
+                "shared_randomness=True replays the random state of the loss's own forward of x for every copy; "
+                "logits= were computed by another forward, with other dropout masks. Call "
+                "`reg_value, logits = reg.forward_with_logits(x)` and use those logits for the task loss"
+            )
         check_batch(self.group, x, "InvarianceLoss")
         fx = self._check_fx(logits, x.shape[0])
         els = self._elements()
@@ -344,6 +386,7 @@ class EquivarianceLoss(InvarianceLoss):
         reduction: as in :class:`InvarianceLoss`.
         chunk_size: as in :class:`InvarianceLoss`.
         generator: as in :class:`InvarianceLoss`.
+        shared_randomness: as in :class:`InvarianceLoss`.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -366,8 +409,12 @@ class EquivarianceLoss(InvarianceLoss):
         reduction: Reduction = "mean",
         chunk_size: int | None = None,
         generator: torch.Generator | None = None,
+        *,
+        shared_randomness: bool = False,
     ) -> None:
-        super().__init__(model, group, divergence, elements, reduction, chunk_size, generator)
+        super().__init__(
+            model, group, divergence, elements, reduction, chunk_size, generator, shared_randomness=shared_randomness
+        )
         self.output_action = resolve_output_action(output_action, group)
         _check_permutations(self.output_action, group, self.elements)
 

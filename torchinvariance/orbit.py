@@ -24,7 +24,43 @@ from torchinvariance._checks import check_model
 from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
 from torchinvariance.groups import Group, ensure_group, listed_elements
 
-__all__ = ["check_batch", "frozen_buffers", "measuring", "model_output", "orbit_forward", "resolve_elements"]
+__all__ = [
+    "RandomState",
+    "check_batch",
+    "frozen_buffers",
+    "measuring",
+    "model_output",
+    "orbit_forward",
+    "resolve_elements",
+]
+
+
+class RandomState:
+    """The state of torch's random generators a forward on ``device`` draws from, to replay it.
+
+    It holds the CPU generator's state and, for a CUDA ``device``, that device's; :meth:`restore` sets them back.
+    :func:`orbit_forward` with ``shared_randomness`` starts the forward of every orbit copy from one such state,
+    so random layers (dropout) draw the same numbers for every copy.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> state = ti.orbit.RandomState(torch.device("cpu"))
+        >>> a = torch.rand(3)
+        >>> state.restore()
+        >>> torch.equal(torch.rand(3), a)
+        True
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    def restore(self) -> None:
+        """Set the generators back to this state."""
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
 
 
 @contextlib.contextmanager
@@ -148,6 +184,7 @@ def orbit_forward(
     *,
     chunk_size: int | None = None,
     output_action: OutputActionLike | None = None,
+    shared_randomness: bool | RandomState = False,
 ) -> Tensor:
     r"""Model outputs on transformed copies of a batch: ``out[i, b] = model(g_i · x_b)``.
 
@@ -170,6 +207,16 @@ def orbit_forward(
             and not trivial, each row is brought back to the frame of ``x``:
             ``out[i] = g_i^{-1} · model(g_i · x)``, so an equivariant model gives
             ``f(x)`` in every row.
+        shared_randomness: ``False`` (default): one batched forward, in which
+            a random layer draws independently for every row, so in train mode
+            each copy of a sample gets its own dropout mask. ``True``: one
+            forward per element, each started from the random state at the
+            call, so every copy of sample ``b`` gets the same mask (costs ``n``
+            forwards of ``B`` inputs instead of one of ``n * B``; ``chunk_size``
+            is then moot); afterwards the generators are where the first of these
+            forwards left them, as if the model had run once. A
+            :class:`RandomState` instead of ``True`` replays that state (to share
+            the randomness with a forward made before).
 
     Returns:
         ``(n, B, ...)`` outputs; row ``i`` belongs to ``elements[i]``.
@@ -188,7 +235,7 @@ def orbit_forward(
         >>> out = ti.orbit_forward(model, rot, x)
         >>> out.shape
         torch.Size([4, 5, 3])
-        >>> torch.allclose(out[1], model(rot.act(1, x)))
+        >>> torch.allclose(out[1], model(rot.act(1, x)), atol=1e-6)  # one batched forward vs one per element
         True
     """
     check_model(model)
@@ -198,8 +245,17 @@ def orbit_forward(
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     action = resolve_output_action(output_action, group)
-    step = len(els) if chunk_size is None else chunk_size
-    parts = [_forward(model, group, x, els[i : i + step]) for i in range(0, len(els), step)]
+    if (
+        shared_randomness is not False
+        and shared_randomness is not True
+        and not isinstance(shared_randomness, RandomState)
+    ):
+        raise TypeError(f"shared_randomness must be a bool or a RandomState, got {type(shared_randomness).__name__}")
+    if shared_randomness is not False:
+        parts = _replayed(model, group, x, els, shared_randomness)
+    else:
+        step = len(els) if chunk_size is None else chunk_size
+        parts = [_forward(model, group, x, els[i : i + step]) for i in range(0, len(els), step)]
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if action.trivial:
         return out
@@ -247,6 +303,21 @@ def resolve_elements(group: Group, elements: Sequence | None) -> list:
     if not els:
         raise ValueError("elements must not be empty")
     return els
+
+
+def _replayed(
+    model: Callable[[Tensor], Any], group: Group, x: Tensor, els: list, state: bool | RandomState
+) -> list[Tensor]:
+    """One forward per element, each from the same random state; the generators end as the first forward left them."""
+    start = RandomState(x.device) if state is True else state
+    parts, after = [], None
+    for g in els:
+        start.restore()
+        parts.append(_forward(model, group, x, [g]))
+        if after is None:
+            after = RandomState(x.device)
+    after.restore()
+    return parts
 
 
 def _forward(model: Callable[[Tensor], Any], group: Group, x: Tensor, els: list[int]) -> Tensor:
