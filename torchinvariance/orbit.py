@@ -215,7 +215,7 @@ def orbit_forward(
             forwards of ``B`` inputs instead of one of ``n * B``; ``chunk_size``
             is then moot); afterwards the generators are where the first of these
             forwards left them, as if the model had run once. A
-            :class:`RandomState` instead of ``True`` replays that state (to share
+            :class:`~torchinvariance.orbit.RandomState` instead of ``True`` replays that state (to share
             the randomness with a forward made before).
 
     Returns:
