@@ -199,7 +199,7 @@ def test_li_overflow_is_reported_not_a_crash(tmp_path, capsys, huge):
     np.testing.assert_allclose(g["summary"]["di"]["model"], di, rtol=1e-6, atol=1e-12)
     assert g["summary"]["consistency"]["model"] is not None
     md = (out / "report.md").read_text()
-    assert "| LI | not finite |" in md and "**LI of the model is not finite**" in md, md
+    assert "| LI (invariant: 0) | not finite |" in md and "**LI of the model is not finite**" in md, md
     assert "| rot90 |" in md and md.count("not finite") >= 5
     assert (out / "rotation-order4_elements.png").is_file()  # the finite metrics are drawn
 
@@ -218,3 +218,162 @@ def test_non_finite_outputs_are_reported(tmp_path, capsys, huge):
     md = (out / "report.md").read_text()
     assert "**DI of the model is not finite**" in md and "NaN or +Inf" in md
     assert g["figures"] == [] and "0 figures" in stdout
+
+
+# ------------------------------------------------------------------ issue 21 item 2: the verdict, the table, plurals
+def _entry(summary, predictions=None, **extra):
+    default = {"majority_class": 0, "majority_share": 0.3, "logit_spread": 2.0}
+    preds = predictions or {k: dict(default) for k in ("model", "group_averaged", "random_inputs")}
+    return {"summary": summary, "predictions": preds, **extra}
+
+
+def _s(model, averaged, noise):
+    return {"model": model, "group_averaged": averaged, "random_inputs": noise}
+
+
+def test_verdict_rules():
+    from torchinvariance.audit._verdict import verdicts
+
+    # the issue's DA model: DI 0.113 on data, 0.070 on noise
+    v = verdicts(_entry({"di": _s(0.113, 3e-9, 0.070)}))["di"]
+    assert v.startswith("DI: less invariant than the group-averaged model; less invariant on data than on random")
+    assert "0.113" in v and "0.07" in v
+    v = verdicts(_entry({"di": _s(0.02, 3e-9, 0.4)}))["di"]
+    assert "more invariant on data than on random inputs" in v
+    v = verdicts(_entry({"di": _s(0.10, 3e-9, 0.11)}))["di"]
+    assert "about as invariant on data as on random inputs" in v
+    v = verdicts(_entry({"di": _s(4e-9, 3e-9, 5e-9)}))["di"]
+    assert "as invariant as the group-averaged model; invariant on random inputs too" in v
+    v = verdicts(_entry({"di": _s(2e-6, 3e-9, 5e-9)}))["di"]  # above the tolerance 1e-6
+    assert "less invariant than the group-averaged model" in v
+    # SI and consistency: the distance is 1 - value
+    v = verdicts(_entry({"si": _s(0.9995, 0.9999, 0.6)}))["si"]
+    assert "as invariant as the group-averaged model; more invariant on data than on random inputs" in v
+    v = verdicts(_entry({"consistency": _s(0.93, 1.0, 0.48)}))["consistency"]
+    assert "less invariant than the group-averaged model; more invariant on data than on random inputs" in v
+    # consistency on noise that gets one class says nothing
+    preds = {
+        "model": {"majority_class": 2, "majority_share": 0.2, "logit_spread": 1.0},
+        "group_averaged": {"majority_class": 2, "majority_share": 0.2, "logit_spread": 1.0},
+        "random_inputs": {"majority_class": 7, "majority_share": 0.97, "logit_spread": 1.0},
+    }
+    v = verdicts(_entry({"consistency": _s(0.93, 1.0, 0.99)}, preds))["consistency"]
+    assert "random inputs tell nothing here: the model gives 97% of them class 7" in v
+    assert "more invariant" not in v and "less invariant on data" not in v
+    # LI is read relative to the spread of the logits: 10 on data (spread 100) vs 1 on noise (spread 1)
+    preds = {
+        k: {"majority_class": 0, "majority_share": 0.3, "logit_spread": 100.0} for k in ("model", "group_averaged")
+    }
+    preds["random_inputs"] = {"majority_class": 0, "majority_share": 0.3, "logit_spread": 1.0}
+    v = verdicts(_entry({"li": _s(10.0, 1e-12, 1.0)}, preds))["li"]
+    assert "more invariant on data than on random inputs" in v and "0.1 on data, 1 on random inputs" in v
+    # not finite: no verdict
+    v = verdicts(_entry({"li": _s(None, None, 1.0)}, not_finite={"model": {"li": "overflow"}}))["li"]
+    assert v == "LI: not finite for the model; no verdict."
+    # a continuous group: DI and LI against the interpolation floor, not the smoothed averaged model
+    cont = {"how": "listed"}
+    v = verdicts(_entry({"di": _s(0.011, 0.001, 0.5), "di_floor": _s(0.010, 0.0, 0.4)}, elements=cont))["di"]
+    assert "at the interpolation floor" in v and "floor 0.01" in v
+    v = verdicts(_entry({"di": _s(0.05, 0.001, 0.5), "di_floor": _s(0.010, 0.0, 0.4)}, elements=cont))["di"]
+    assert "above the interpolation floor" in v
+
+
+INVARIANT = """
+import torch
+
+import torchinvariance as ti
+
+
+def invariant(**kwargs):
+    torch.manual_seed(0)
+    return ti.GroupAveraged(ti.MLP(in_shape=(1, 8, 8), num_classes=3, hidden=8), ti.get_group("rotation", order=4))
+"""
+
+
+def test_verdict_of_an_invariant_and_a_generic_model(tmp_path, capsys, monkeypatch):
+    """Test the tester: the exactly invariant model is 'as invariant as', the plain MLP is not."""
+    (tmp_path / "audit_invariant.py").write_text(INVARIANT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reports = {}
+    for name, model in (("invariant", "audit_invariant:invariant"), ("generic", "torchinvariance.models:MLP")):
+        argv = _argv(tmp_path / name, model=model, samples=16, metrics="di,li,si", si_steps=8)
+        rc, stdout, err = _run(capsys, argv)
+        assert rc == 0, err
+        assert "and 2 figures to" in stdout
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())["groups"][0]
+    inv, gen = reports["invariant"]["verdict"], reports["generic"]["verdict"]
+    assert sorted(inv) == sorted(gen) == ["consistency", "di", "li", "si"]
+    for key in ("di", "li", "si", "consistency"):
+        assert "as invariant as the group-averaged model" in inv[key], inv[key]
+    for key in ("di", "li", "si"):
+        assert "less invariant than the group-averaged model" in gen[key], gen[key]
+    assert "invariant on random inputs too" in inv["di"] and "invariant on random inputs too" in inv["li"]
+    md = (tmp_path / "generic" / "report.md").read_text()
+    assert "Verdict:" in md and f"- {gen['di']}" in md
+
+
+def test_prediction_stats_against_a_loop(tmp_path, capsys):
+    import torch
+
+    import torchinvariance as ti
+
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, _argv(out, samples=12, batch_size=5))
+    assert rc == 0, err
+    g = json.loads((out / "report.json").read_text())["groups"][0]
+    torch.manual_seed(0)
+    model = ti.MLP(in_shape=(1, 8, 8), num_classes=3, hidden=8).eval()
+    x = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = model(x).double()
+    counts = [sum(int(f[b].argmax()) == c for b in range(12)) for c in range(3)]
+    pairs = [0.5 * float(((f[a] - f[b]) ** 2).sum()) for a in range(12) for b in range(12) if a != b]
+    p = g["predictions"]["model"]
+    assert p["majority_class"] == max(range(3), key=counts.__getitem__)
+    assert p["majority_share"] == max(counts) / 12
+    assert p["logit_spread"] == pytest.approx(sum(pairs) / len(pairs), rel=1e-9)
+
+
+def test_table_has_no_constant_column_and_states_the_majority_share(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, _argv(out, "rotation:order=4", "flip:axis=x"))
+    assert rc == 0, err
+    md = (out / "report.md").read_text()
+    assert (
+        "invariant model |" not in md
+        and "| metric | model | group-averaged | random inputs |\n|---|---:|---:|---:|\n" in md
+    )
+    assert "| DI (invariant: 0) |" in md and "| top-1 consistency (invariant: 1) |" in md
+    assert "| share of the most frequent top-1 class | " in md
+    assert "Flip(axis='x'), 2 elements" in md and "Rotation(order=4), 4 elements" in md
+    for block in md.split("<!-- summary ")[1:]:  # no column of a summary table holds an invariant model's value
+        for line in block.split("<!-- end of summary")[0].splitlines():
+            if line.startswith("| ") and "---" not in line:
+                assert not line.endswith("| 1 |") and not line.endswith("| 0 |"), line
+
+
+def test_plural():
+    from torchinvariance.audit._run import _plural
+
+    assert _plural(1, "element") == "1 element" and _plural(2, "figure") == "2 figures"
+
+
+def test_bar_chart_legends_are_outside_the_panels():
+    from torchinvariance.audit._run import _legends_below
+    from torchinvariance.metrics import InvarianceReport
+
+    report = InvarianceReport(
+        "Rotation(order=4)", 4, ["rot0", "rot90", "rot180", "rot270"],
+        {"di": {"mean": 0.5, "std": 0.1, "per_element": [0.0, 0.9, 0.9, 0.9]}},
+    )  # fmt: skip
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = report.plot(references={"group-averaged": report})
+    _legends_below(fig)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    legend = ax.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["model", "group-averaged", "mean 0.5"]
+    assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0  # entirely below the axes

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from torchinvariance.actions import OutputAction, resolve_output_action
 from torchinvariance.audit._config import ActionSpec, AuditConfig, AuditError, GroupSpec
 from torchinvariance.audit._inputs import AuditData, build_model, describe_tensor, load_data, pick_device, random_like
+from torchinvariance.audit._verdict import CLEAR, ONE_CLASS, TOLERANCE, verdicts
 from torchinvariance.groups import SO2, Group, Scale
 from torchinvariance.metrics import InvarianceReport, SaliencyConfig, evaluate_invariance
 from torchinvariance.metrics._reduction import measured_elements
@@ -425,6 +427,39 @@ def _evaluate(
     return report, failed
 
 
+def _prediction_stats(model: Any, x: Tensor, batch_size: int) -> dict[str, Any]:
+    r"""On the untransformed inputs: the majority top-1 class, its share, and the spread of the logits.
+
+    The spread is the mean over pairs of different inputs of :math:`\tfrac12 \lVert f(x_b) - f(x_{b'}) \rVert^2`
+    (LI's units), :math:`\sum_b \lVert f(x_b) - \bar f \rVert^2 / (N - 1)`; ``None`` for one input or
+    non-finite logits. The verdict reads LI against it.
+    """
+    with torch.no_grad():
+        f = torch.cat([model_output(model(xb), xb.shape[0]).double() for xb in x.split(batch_size)])
+    if not bool(torch.isfinite(f).all()):
+        return {"majority_class": None, "majority_share": None, "logit_spread": None}
+    counts = torch.bincount(f.argmax(1), minlength=f.shape[1])
+    n = f.shape[0]
+    spread = float((f - f.mean(0)).pow(2).sum() / (n - 1)) if n > 1 else None
+    return {
+        "majority_class": int(counts.argmax()),
+        "majority_share": float(counts.max()) / n,
+        "logit_spread": spread if spread is not None and math.isfinite(spread) else None,
+    }
+
+
+def _legends_below(fig: Any) -> None:
+    """Move each panel's legend below the panel, outside the data, so that it covers no bar."""
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        handles = getattr(legend, "legend_handles", None) or legend.legendHandles
+        labels = [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7, frameon=False)
+
+
 def _with_failures(report: InvarianceReport, failed: dict[str, str]) -> dict[str, Any]:
     """``report.to_dict()`` with ``{"mean": None, "per_element": [None, ...], "not_finite": why}`` per failed metric."""
     d = report.to_dict()
@@ -517,7 +552,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                 "exact": bool(group.exact),
                 "group_averaged_over": "the whole group" if over is None else [group.element_name(g) for g in over],
             }
-            title = f"{x.shape[0]} samples"
+            title = _plural(x.shape[0], "sample")
             if action is None:
                 averaged = GroupAveraged(model, group, elements=over)
                 bar.set_postfix_str(f"{spec.text}: model")
@@ -538,6 +573,12 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                 entry["summary"] = _summary(reports, failed)
                 if any(failed.values()):
                     entry["not_finite"] = {k: v for k, v in failed.items() if v}
+                entry["predictions"] = {
+                    "model": _prediction_stats(model, x, cfg.batch_size),
+                    "group_averaged": _prediction_stats(averaged, x, cfg.batch_size),
+                    "random_inputs": _prediction_stats(model, noise, cfg.batch_size),
+                }
+                entry["verdict"] = verdicts(entry)
                 fig = None
                 if reports["model"].results:  # nothing to draw when no metric of the model is finite
                     fig = reports["model"].plot(
@@ -576,6 +617,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                 )
             name = f"{spec.slug}_elements.png"
             if fig is not None:
+                _legends_below(fig)
                 figures[name] = _png(fig)
                 entry["figures"].append(name)
             if si and "si" in failed["model"]:  # its integrated gradients are not finite either
@@ -631,6 +673,17 @@ NOT_FINITE = "not finite"
 _REF_NAMES = {"model": "model", "group_averaged": "group-averaged model", "random_inputs": "model on random inputs"}
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _share(stats: dict[str, Any]) -> str:
+    """``0.97 (class 3)``: the share of the most frequent top-1 class on the untransformed inputs."""
+    if stats.get("majority_share") is None:
+        return NOT_FINITE
+    return f"{stats['majority_share']:.2f} (class {stats['majority_class']})"
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "–"
@@ -648,10 +701,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"- model: `{m['factory']}` with `{json.dumps(m['kwargs'])}`, checkpoint "
         f"{'`' + m['checkpoint'] + '`' if m['checkpoint'] else 'none (the factory weights)'}, "
         f"{m['parameters']:,} parameters, {m['classes']} classes",
-        f"- data: {d['source']}, {d['samples']} samples of shape {tuple(d['input_shape'])}, "
+        f"- data: {d['source']}, {_plural(d['samples'], 'sample')} of shape {tuple(d['input_shape'])}, "
         f"{'with' if d['labels'] else 'without'} labels"
         + (
-            f" ({d['skipped_labels_outside_the_model']} samples skipped: label not a class of the model)"
+            f" ({_plural(d['skipped_labels_outside_the_model'], 'sample')} skipped: label not a class of the model)"
             if d["skipped_labels_outside_the_model"]
             else ""
         )
@@ -669,9 +722,18 @@ def markdown(result: dict[str, Any]) -> str:
         "up to rounding, the floor of the measurement; its accuracy is what exact invariance by averaging would give. "
         "**random inputs**: the model on Gaussian noise with the data's per-channel mean and std, off the data "
         "distribution. A model that is far more invariant on the data than on noise (DI, consistency, SI) learned its "
-        "invariance from the data; an architecture that is invariant is invariant on both. LI is in the squared units "
-        "of the logits, which differ between data and noise: compare LI within a column. Means run over the "
-        "non-identity group elements unless `--include-identity` was given; accuracy over all elements.",
+        "invariance from the data; an architecture that is invariant is invariant on both; one that is less "
+        "invariant on the data than on noise changes its outputs most where the data are (it responds to the "
+        "transformed structure of real images, which noise lacks), so its invariance on noise is no evidence. Top-1 "
+        "consistency on noise says little when the model gives most noise one class: the table gives the share of "
+        "the most frequent class. LI is in the squared units of the logits, which differ between data and noise: "
+        "the verdict reads it relative to the spread of the logits between inputs. "
+        f"**Verdict**, per metric, with d the distance from invariance (DI; 1 - consistency; 1 - SI; LI / spread): "
+        f"*as invariant as the group-averaged model* when d is within {TOLERANCE['di']:g} (DI, LI), "
+        f"{TOLERANCE['si']:g} (SI) or equal (consistency) of its d; *more* / *less invariant on data than on random "
+        f"inputs* when one d is over {CLEAR:g} times the other, else *about as invariant*; consistency on noise is not "
+        f"compared when {ONE_CLASS:.0%} or more of the noise gets one class. Means run over the non-identity group "
+        "elements unless `--include-identity` was given; accuracy over all elements.",
     ]
     if "skipped" in result:
         lines += [
@@ -711,7 +773,7 @@ def _elements_note(g: dict[str, Any], what: str) -> list[str]:
 
 def _invariance_markdown(g: dict[str, Any]) -> list[str]:
     n_elements = len(g["model"]["elements"])
-    lines = ["", f"## `{g['group']}`: {g['repr']}, {n_elements} elements", ""]
+    lines = ["", f"## `{g['group']}`: {g['repr']}, {_plural(n_elements, 'element')}", ""]
     lines += _elements_note(g, "metric")
     lines += [f"<!-- summary {g['group']} -->", ""]
     bad = g.get("not_finite", {})
@@ -719,20 +781,29 @@ def _invariance_markdown(g: dict[str, Any]) -> list[str]:
     def cell(key: str, ref: str) -> str:
         return NOT_FINITE if key in bad.get(ref, {}) else _fmt(g["summary"][key][ref])
 
-    lines += ["| metric | model | group-averaged | random inputs | invariant model |", "|---|---:|---:|---:|---:|"]
+    # the value of an invariant model is in the label: a column of it would be the same in every table
+    lines += ["| metric | model | group-averaged | random inputs |", "|---|---:|---:|---:|"]
     for key, label, ideal in _ROWS:
-        for k, lab, ide in ((key, label, ideal), (f"{key}_floor", f"{label} floor (interpolation)", None)):
+        for k, lab in ((key, label + (f" (invariant: {ideal})" if ideal else "")), (f"{key}_floor", f"{label} floor")):
             if k in g["summary"]:
                 lines.append(
-                    f"| {lab} | {cell(k, 'model')} | {cell(k, 'group_averaged')} | {cell(k, 'random_inputs')} | "
-                    f"{ide or '–'} |"
+                    f"| {lab} | {cell(k, 'model')} | {cell(k, 'group_averaged')} | {cell(k, 'random_inputs')} |"
                 )
         if key == "consistency" and "consistency_orbit" in g["summary"]:
             s = g["summary"]["consistency_orbit"]
             lines.append(
-                f"| same top-1 on the whole orbit | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | "
-                f"{_fmt(s['random_inputs'])} | 1 |"
+                f"| same top-1 on the whole orbit (invariant: 1) | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | "
+                f"{_fmt(s['random_inputs'])} |"
             )
+        if key == "consistency" and "predictions" in g:
+            p = g["predictions"]
+            lines.append(
+                "| share of the most frequent top-1 class | "
+                + " | ".join(_share(p[ref]) for ref in ("model", "group_averaged", "random_inputs"))
+                + " |"
+            )
+    if g.get("verdict"):
+        lines += ["", "Verdict:", ""] + [f"- {line}" for line in g["verdict"].values()]
     for ref, metrics in bad.items():
         for key, why in metrics.items():
             label = dict((k, lab) for k, lab, _ in _ROWS)[key]
@@ -777,7 +848,7 @@ _EQ_ROWS = [  # (key, label)
 def _equivariance_markdown(g: dict[str, Any]) -> list[str]:
     eq = g["equivariance"]
     model = eq["model"]
-    lines = ["", f"## `{g['group']}`: {g['repr']}, {len(model['elements'])} elements", ""]
+    lines = ["", f"## `{g['group']}`: {g['repr']}, {_plural(len(model['elements']), 'element')}", ""]
     lines += _elements_note(g, "error")
     lines += [
         "The equivariance error of an element g is max |g^-1 · f(g x) - f(x)| over the outputs "
