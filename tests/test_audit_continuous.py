@@ -151,7 +151,15 @@ def test_equivariant_conv_net_with_same_against_a_rot90_loop(tmp_path, capsys, k
         assert g["summary"]["error"]["model"] > 1e-2  # the tester fails a model that is not equivariant
     assert g["summary"]["error"]["group_averaged"] < 1e-5  # GroupAveraged(output_action="same"): exact
     assert "di" not in g["summary"] and report["skipped"]["metrics"] == ["accuracy", "consistency", "di", "li"]
-    assert "Not measured: accuracy, consistency, di, li" in md and "| equivariance error, max over samples |" in md
+    assert "Not measured: accuracy, consistency, di, li" in md
+    assert "| equivariance error, max over samples (equivariant: 0) |" in md and "equivariant model |" not in md
+    verdict = g["verdict"]["error"]
+    if equivariant:
+        assert "as equivariant as the group-averaged model; equivariant on random inputs too" in verdict, verdict
+    else:
+        assert "less equivariant than the group-averaged model" in verdict, verdict
+    assert f"- {verdict}" in md and "output_action=...)`, each output brought back" in md  # the equivariant reading
+    assert "its DI and LI are 0" not in md
 
 
 def test_equivariant_so2_same_with_the_floor(tmp_path, capsys):
@@ -166,6 +174,7 @@ def test_equivariant_so2_same_with_the_floor(tmp_path, capsys):
     expected = ti.equivariance_error(conv, ti.get_group("so2"), x, "same", elements=[0.0, 30.0, 90.0])
     np.testing.assert_allclose(eq["error"]["per_element"], expected.double().numpy(), rtol=1e-5, atol=1e-7)
     assert "interpolation floor" in md and "(rot0, rot30, rot90)" in md
+    assert g["verdict"]["error"].startswith("equivariance error: at the interpolation floor"), g["verdict"]
 
 
 def test_perm_and_callable_output_actions(tmp_path, capsys, monkeypatch):

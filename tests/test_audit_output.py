@@ -377,3 +377,31 @@ def test_bar_chart_legends_are_outside_the_panels():
     legend = ax.get_legend()
     assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["model", "group-averaged", "mean 0.5"]
     assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0  # entirely below the axes
+
+
+def test_equivariance_verdict_rules():
+    from torchinvariance.audit._verdict import equivariance_verdict
+
+    def entry(model, averaged, noise, scales=(10.0, 10.0, 1.0), floor=None):
+        refs = ("model", "group_averaged", "random_inputs")
+        g = {
+            "equivariance": {r: {"output_scale": sc} for r, sc in zip(refs, scales)},
+            "summary": {"error": dict(zip(refs, (model, averaged, noise)))},
+        }
+        if floor is not None:
+            g["summary"]["floor"] = {"model": floor, "group_averaged": floor, "random_inputs": floor}
+        return equivariance_verdict(g)["error"]
+
+    v = entry(1e-7, 2e-7, 1e-8)
+    assert "as equivariant as the group-averaged model; equivariant on random inputs too" in v
+    # relative to the largest output: 1 of 10 on data is less than 0.5 of 1 on noise
+    v = entry(1.0, 1e-7, 0.5)
+    assert "less equivariant than the group-averaged model; more equivariant on data than on random inputs" in v
+    assert "0.1 on data, 0.5 on random inputs" in v
+    v = entry(5.0, 1e-7, 0.1)
+    assert "less equivariant on data than on random inputs" in v
+    v = entry(0.011, 0.002, 0.5, floor=0.01)
+    assert v.startswith("equivariance error: at the interpolation floor")
+    v = entry(0.05, 0.002, 0.5, floor=0.01)
+    assert "above the interpolation floor" in v
+    assert entry(None, 0.0, 0.0) == "equivariance error: not finite for the model; no verdict."

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from torchinvariance.actions import OutputAction, resolve_output_action
 from torchinvariance.audit._config import ActionSpec, AuditConfig, AuditError, GroupSpec
 from torchinvariance.audit._inputs import AuditData, build_model, describe_tensor, load_data, pick_device, random_like
-from torchinvariance.audit._verdict import CLEAR, ONE_CLASS, TOLERANCE, verdicts
+from torchinvariance.audit._verdict import CLEAR, ONE_CLASS, TOLERANCE, equivariance_verdict, verdicts
 from torchinvariance.groups import SO2, Group, Scale
 from torchinvariance.metrics import InvarianceReport, SaliencyConfig, evaluate_invariance
 from torchinvariance.metrics._reduction import measured_elements
@@ -603,6 +603,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                     for key in ("error", "error_mean_over_samples", "floor")
                     if key in eq["model"]
                 }
+                entry["verdict"] = equivariance_verdict(entry)
                 if not _AVERAGES_OUTPUTS:
                     entry["group_averaged_missing"] = (
                         "GroupAveraged has no output_action in this version of torchinvariance, and without it the "
@@ -717,23 +718,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- device {result['environment']['device']}, torch {result['environment']['torch']}, "
         f"{result['seconds']:.1f} s, {result['created']}",
         "",
-        "How to read it. **group-averaged**: the same model averaged over the orbit, "
-        "`ti.GroupAveraged(model, group)`, invariant by construction: its DI and LI are 0 and its consistency and SI 1 "
-        "up to rounding, the floor of the measurement; its accuracy is what exact invariance by averaging would give. "
-        "**random inputs**: the model on Gaussian noise with the data's per-channel mean and std, off the data "
-        "distribution. A model that is far more invariant on the data than on noise (DI, consistency, SI) learned its "
-        "invariance from the data; an architecture that is invariant is invariant on both; one that is less "
-        "invariant on the data than on noise changes its outputs most where the data are (it responds to the "
-        "transformed structure of real images, which noise lacks), so its invariance on noise is no evidence. Top-1 "
-        "consistency on noise says little when the model gives most noise one class: the table gives the share of "
-        "the most frequent class. LI is in the squared units of the logits, which differ between data and noise: "
-        "the verdict reads it relative to the spread of the logits between inputs. "
-        f"**Verdict**, per metric, with d the distance from invariance (DI; 1 - consistency; 1 - SI; LI / spread): "
-        f"*as invariant as the group-averaged model* when d is within {TOLERANCE['di']:g} (DI, LI), "
-        f"{TOLERANCE['si']:g} (SI) or equal (consistency) of its d; *more* / *less invariant on data than on random "
-        f"inputs* when one d is over {CLEAR:g} times the other, else *about as invariant*; consistency on noise is not "
-        f"compared when {ONE_CLASS:.0%} or more of the noise gets one class. Means run over the non-identity group "
-        "elements unless `--include-identity` was given; accuracy over all elements.",
+        _how_to_read(result),
     ]
     if "skipped" in result:
         lines += [
@@ -751,6 +736,44 @@ def markdown(result: dict[str, Any]) -> str:
         lines += _equivariance_markdown(g) if "equivariance" in g else _invariance_markdown(g)
         lines += [f"![{name}]({name})" for name in g["figures"]]
     return "\n".join(lines) + "\n"
+
+
+def _how_to_read(result: dict[str, Any]) -> str:
+    """The paragraph that says how to read the tables and the verdicts, for the invariant or the equivariant case."""
+    if "skipped" in result:  # an output action: the model is audited as an equivariant model
+        return (
+            "How to read it. **group-averaged**: `ti.GroupAveraged(model, group, output_action=...)`, each output "
+            "brought back by g^-1 before the average, equivariant by construction for a finite group: its "
+            "equivariance error is 0 up to rounding, the floor of the measurement. **random inputs**: the model on "
+            "Gaussian noise with the data's per-channel mean and std, off the data distribution; an equivariant "
+            "architecture is equivariant on both, a model that learned its equivariance from the data is not. The "
+            "error is in the units of the outputs, which differ between data and noise: the verdict reads it "
+            "relative to the largest output of the same inputs. "
+            f"**Verdict**, with d = error / largest output: *as equivariant as the group-averaged model* when d is "
+            f"within {TOLERANCE['di']:g} of its d (for a group that interpolates: *at the interpolation floor* when "
+            f"the error is at most {CLEAR:g} times the floor); *more* / *less equivariant on data than on random "
+            f"inputs* when one d is over {CLEAR:g} times the other, else *about as equivariant*. Means run over the "
+            "non-identity group elements unless `--include-identity` was given."
+        )
+    return (
+        "How to read it. **group-averaged**: the same model averaged over the orbit, "
+        "`ti.GroupAveraged(model, group)`, invariant by construction: its DI and LI are 0 and its consistency and SI 1 "
+        "up to rounding, the floor of the measurement; its accuracy is what exact invariance by averaging would give. "
+        "**random inputs**: the model on Gaussian noise with the data's per-channel mean and std, off the data "
+        "distribution. A model that is far more invariant on the data than on noise (DI, consistency, SI) learned its "
+        "invariance from the data; an architecture that is invariant is invariant on both; one that is less "
+        "invariant on the data than on noise changes its outputs most where the data are (it responds to the "
+        "transformed structure of real images, which noise lacks), so its invariance on noise is no evidence. Top-1 "
+        "consistency on noise says little when the model gives most noise one class: the table gives the share of "
+        "the most frequent class. LI is in the squared units of the logits, which differ between data and noise: "
+        "the verdict reads it relative to the spread of the logits between inputs. "
+        f"**Verdict**, per metric, with d the distance from invariance (DI; 1 - consistency; 1 - SI; LI / spread): "
+        f"*as invariant as the group-averaged model* when d is within {TOLERANCE['di']:g} (DI, LI), "
+        f"{TOLERANCE['si']:g} (SI) or equal (consistency) of its d; *more* / *less invariant on data than on random "
+        f"inputs* when one d is over {CLEAR:g} times the other, else *about as invariant*; consistency on noise is not "
+        f"compared when {ONE_CLASS:.0%} or more of the noise gets one class. Means run over the non-identity group "
+        "elements unless `--include-identity` was given; accuracy over all elements."
+    )
 
 
 def _elements_note(g: dict[str, Any], what: str) -> list[str]:
@@ -862,14 +885,17 @@ def _equivariance_markdown(g: dict[str, Any]) -> list[str]:
     if "group_averaged_missing" in g:
         lines += [f"No group-averaged reference: {g['group_averaged_missing']}.", ""]
     lines += [f"<!-- summary {g['group']} -->", ""]
-    lines += ["| measure | model | group-averaged | random inputs | equivariant model |", "|---|---:|---:|---:|---:|"]
+    # the value of an equivariant model is in the label: a column of it would be the same in every table
+    lines += ["| measure | model | group-averaged | random inputs |", "|---|---:|---:|---:|"]
     for key, label in _EQ_ROWS:
         if key in g["summary"]:
             s = g["summary"][key]
-            ideal = "0" if key.startswith("error") else "–"
+            ideal = " (equivariant: 0)" if key.startswith("error") else ""
             lines.append(
-                f"| {label} | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | {_fmt(s['random_inputs'])} | {ideal} |"
+                f"| {label}{ideal} | {_fmt(s['model'])} | {_fmt(s['group_averaged'])} | {_fmt(s['random_inputs'])} |"
             )
+    if g.get("verdict"):
+        lines += ["", "Verdict:", ""] + [f"- {line}" for line in g["verdict"].values()]
     lines += ["", f"<!-- end of summary {g['group']} -->"]
     columns = []
     if "element_values" in model:

@@ -19,6 +19,14 @@ swapping the input for another one.
    default); the verdict then says so instead of comparing.
 
 A metric that is not finite gets no verdict.
+
+For an equivariant model (``--output-action``) the one measure is the equivariance error ``e`` (the maximum over
+samples and outputs of ``|g^-1 · f(g x) - f(x)|``), read relative to the largest output ``|f(x)|`` of the same
+inputs, ``d = e / scale``, with ``tol = 1e-6``: *as equivariant as the group-averaged model* when
+``d_model <= d_averaged + tol`` for a finite group measured on every element; for a group that interpolates, *at the
+interpolation floor* when ``e_model <= 1.25 floor + tol scale``, else *above the interpolation floor*; and *more*,
+*about as* or *less equivariant on data than on random inputs* by the 1.25 rule, *equivariant on random inputs too*
+when both are within ``tol``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["CLEAR", "ONE_CLASS", "TOLERANCE", "verdicts"]
+__all__ = ["CLEAR", "ONE_CLASS", "TOLERANCE", "equivariance_verdict", "verdicts"]
 
 METRICS = {"consistency": "top-1 consistency", "di": "DI", "li": "LI", "si": "SI"}
 TOLERANCE = {"consistency": 0.0, "di": 1e-6, "li": 1e-6, "si": 1e-3}
@@ -140,3 +148,56 @@ def _verdict(key: str, g: dict[str, Any]) -> str:
             "by default too."
         )
     return line
+
+
+def equivariance_verdict(g: dict[str, Any]) -> dict[str, str]:
+    """``{"error": one line}`` for an equivariance entry of ``report.json`` (its ``equivariance`` and ``summary``)."""
+    eq, s = g["equivariance"], g["summary"]
+    tol = TOLERANCE["di"]
+
+    def rel(ref: str) -> float | None:
+        e, scale = s["error"].get(ref), eq.get(ref, {}).get("output_scale")
+        if e is None or scale is None or not math.isfinite(e) or not math.isfinite(scale):
+            return None
+        return 0.0 if e == 0 else (e / scale if scale > 0 else math.inf)
+
+    d_model, d_averaged, d_noise = rel("model"), rel("group_averaged"), rel("random_inputs")
+    if d_model is None:
+        return {"error": "equivariance error: not finite for the model; no verdict."}
+    floor = s.get("floor", {}).get("model")
+    exact = g.get("elements", {}).get("how", "every element") == "every element" and floor is None
+    if floor is not None and math.isfinite(floor):
+        bound = CLEAR * floor + tol * eq["model"]["output_scale"]
+        first = (
+            "at the interpolation floor (as equivariant as resampling lets one see)"
+            if s["error"]["model"] <= bound
+            else "above the interpolation floor"
+        )
+    elif d_averaged is None:
+        first = "no group-averaged reference to compare with"
+    elif exact:
+        first = (
+            "as equivariant as the group-averaged model"
+            if d_model <= d_averaged + tol
+            else "less equivariant than the group-averaged model"
+        )
+    else:
+        first = {"as": "about as equivariant as", "more": "more equivariant than", "less": "less equivariant than"}[
+            _order(d_model, d_averaged, tol)
+        ] + " the group-averaged model over the measured elements (not exactly equivariant)"
+    if d_noise is None:
+        second = "no value on random inputs"
+    elif d_model <= tol and d_noise <= tol:
+        second = "equivariant on random inputs too"
+    else:
+        second = {
+            "more": "more equivariant on data than on random inputs",
+            "as": "about as equivariant on data as on random inputs",
+            "less": "less equivariant on data than on random inputs",
+        }[_order(d_model, d_noise, tol)]
+    values = f"model {_num(s['error']['model'])}, group-averaged {_num(s['error'].get('group_averaged'))}"
+    if floor is not None:
+        values += f", floor {_num(floor)}"
+    values += f", random inputs {_num(s['error'].get('random_inputs'))}"
+    values += f"; relative to the largest output {_num(d_model)} on data, {_num(d_noise)} on random inputs"
+    return {"error": f"equivariance error: {first}; {second} ({values})."}
