@@ -57,6 +57,14 @@ def _order(a: float, b: float, tol: float) -> str:
     return "more" if a < b else "less"
 
 
+def _against_noise(word: str, d_data: float, d_noise: float, tol: float) -> str:
+    """The second half of a verdict: ``word`` ("invariant", "equivariant") on data against random inputs."""
+    if d_data <= tol and d_noise <= tol:
+        return f"{word} on random inputs too"
+    how = {"more": "more {} on data than", "as": "about as {} on data as", "less": "less {} on data than"}
+    return how[_order(d_data, d_noise, tol)].format(word) + " on random inputs"
+
+
 def _distance(key: str, value: float | None, spread: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
@@ -122,14 +130,8 @@ def _verdict(key: str, g: dict[str, Any]) -> str:
             f"random inputs tell nothing here: the model gives {majority:.0%} of them class {cls}, so its consistency "
             "there is high by default"
         )
-    elif d_model <= tol and d_noise <= tol:
-        second = "invariant on random inputs too"
     else:
-        second = {
-            "more": "more invariant on data than on random inputs",
-            "as": "about as invariant on data as on random inputs",
-            "less": "less invariant on data than on random inputs",
-        }[_order(d_model, d_noise, tol)]
+        second = _against_noise("invariant", d_model, d_noise, tol)
 
     values = f"model {_num(s[key]['model'])}, group-averaged {_num(s[key].get('group_averaged'))}"
     if floor is not None:
@@ -187,14 +189,8 @@ def equivariance_verdict(g: dict[str, Any]) -> dict[str, str]:
         ] + " the group-averaged model over the measured elements (not exactly equivariant)"
     if d_noise is None:
         second = "no value on random inputs"
-    elif d_model <= tol and d_noise <= tol:
-        second = "equivariant on random inputs too"
     else:
-        second = {
-            "more": "more equivariant on data than on random inputs",
-            "as": "about as equivariant on data as on random inputs",
-            "less": "less equivariant on data than on random inputs",
-        }[_order(d_model, d_noise, tol)]
+        second = _against_noise("equivariant", d_model, d_noise, tol)
     values = f"model {_num(s['error']['model'])}, group-averaged {_num(s['error'].get('group_averaged'))}"
     if floor is not None:
         values += f", floor {_num(floor)}"
