@@ -1,6 +1,8 @@
 """What both benchmarks share: the device choice, crash-safe file writes, machine metadata and logging.
 
-Only the public API of torchinvariance is used here and in every benchmark (``import torchinvariance as ti``).
+Only the public API of torchinvariance is used here and in every benchmark (``import torchinvariance as ti``), with
+one exception: the crash-safe write, :func:`atomic_write`, is the private ``_io`` module of the library
+(the audit writes its reports with it), so that the recipe lives in one place.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import torchinvariance as ti
+from torchinvariance._io import atomic_write as atomic_write  # re-exported: the benchmarks write through it
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,33 +40,6 @@ def pick_device(name: str) -> torch.device:
             raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return device
     raise ValueError(f"--device must be auto, cpu or cuda (or cuda:N); got {name!r}")
-
-
-def atomic_write(path: Path | str, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that the file is either complete or not changed at all.
-
-    The bytes (text is UTF-8 encoded) go to a temp file in the same folder (``tempfile.mkstemp``), are
-    flushed and fsynced, and the temp file is renamed over ``path`` (``os.replace``, atomic on POSIX). On any
-    error, ``KeyboardInterrupt`` included, the temp file is removed and ``path`` keeps its old content.
-    Parent folders are created; the file gets the ordinary permissions of the umask, not mkstemp's 0600.
-    """
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else bytes(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fh.fileno(), 0o666 & ~umask)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def cpu_name() -> str:

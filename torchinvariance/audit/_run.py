@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from torchinvariance._io import atomic_write as _atomic_write
 from torchinvariance.actions import OutputAction, resolve_output_action
 from torchinvariance.audit._config import ActionSpec, AuditConfig, AuditError, GroupSpec
 from torchinvariance.audit._inputs import AuditData, build_model, describe_tensor, load_data, pick_device, random_like
@@ -76,31 +77,6 @@ def _remove_stale_reports(out: Path) -> None:
     for name in REPORT_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(out / name)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all, never through a symlink planted at ``path``.
-
-    The bytes go to a fresh ``tempfile.mkstemp`` file in the same folder, flushed and fsynced, which is then
-    renamed over ``path`` (``os.replace``: atomic on POSIX, and it replaces a symlink itself instead of writing
-    to its target). On any error, ``KeyboardInterrupt`` included, the temp file is removed and ``path`` is left
-    as it was. The file gets the ordinary permissions of the umask, not mkstemp's 0600. (The recipe of the
-    benchmark's ``atomic_write``; the library does not import from ``benchmarks``.)
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fh.fileno(), 0o666 & ~umask)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _png(fig: Any) -> bytes:
