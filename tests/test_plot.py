@@ -1,5 +1,6 @@
 """torchinvariance.plot: the figures draw what the metrics measure, without touching matplotlib's global state."""
 
+import math
 import sys
 
 import numpy as np
@@ -109,3 +110,157 @@ def test_clear_errors_without_the_extras(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"torchinvariance\[pandas\]"):
         report.to_pandas()
+
+
+# ---- the symmetry spectrum and the smallest flips ---------------------------------------------------------------
+
+
+def _spectrum(seed=0, scale=1.0):
+    model = mlp(36, classes=3, dtype=F64, seed=seed)
+    return ti.discover_symmetries(lambda z: scale * model(z), _x(b=6, seed=seed))
+
+
+def _flips(magnitude, direction, unit="degrees", max_magnitude=180.0):
+    """A FlipResult by hand: ``element`` from the magnitude and direction as smallest_flip defines it."""
+    mag = torch.tensor(magnitude, dtype=F64)
+    d = torch.tensor(direction)
+    if unit == "degrees":
+        element = torch.where(d > 0, mag, 360.0 - mag)
+    elif unit == "log-scale":
+        element = (d * mag).exp()
+    else:
+        element = torch.where(d > 0, mag, 8 - mag)  # a cyclic group of order 8
+    element = torch.where(torch.isfinite(mag), element, torch.full_like(mag, float("nan")))
+    b = mag.numel()
+    return ti.FlipResult(
+        mag,
+        element,
+        d,
+        torch.zeros(b, dtype=torch.long),
+        (d != 0).long() - (d == 0).long(),
+        unit,
+        float(max_magnitude),
+        0.0 if unit == "steps" else 1e-3,
+    )
+
+
+def test_symmetry_spectrum_bars_are_the_singular_values_labelled_by_the_nearest_generator():
+    spec = _spectrum()
+    fig = ti.plot.symmetry_spectrum(spec)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 6
+    np.testing.assert_allclose([p.get_height() for p in ax.patches], spec.singular_values.numpy(), rtol=1e-12)
+    assert ax.get_yscale() == "log"  # every value positive
+    names = {"rotation": "rotation", "scaling": "scaling", "translation": "shift"}
+    for i, tick in enumerate(ax.get_xticklabels()):  # the nearest reference recomputed from the distances
+        d = {k: float(spec.distances[k][i]) for k in names}
+        best = min(d, key=d.get)
+        assert tick.get_text() == f"s{i + 1}\n{names[best]}\nd={d[best]:.2f}"
+    assert ax.get_legend() is None  # one spectrum: the ticks say it all
+    assert [p.get_height() for p in spec.plot().axes[0].patches] == [p.get_height() for p in ax.patches]
+
+
+def test_symmetry_spectrum_side_by_side_and_relative():
+    a, b = _spectrum(0), _spectrum(1, scale=10.0)
+    fig = ti.plot.symmetry_spectrum({"A": a, "B": b}, relative=True)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 12
+    heights = np.array([p.get_height() for p in ax.patches])
+    np.testing.assert_allclose(heights[:6], (a.singular_values / a.singular_values[-1]).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(heights[6:], (b.singular_values / b.singular_values[-1]).numpy(), rtol=1e-12)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts[0].startswith("A: s1 ~ ") and texts[1].startswith("B: s1 ~ ")
+    assert ax.get_ylabel() == "symmetry variance / largest"
+    # the legend is below the panel, outside the data
+    assert ax.get_legend().get_bbox_to_anchor().y0 < ax.get_window_extent().y0 + 1
+
+
+def test_symmetry_spectrum_with_an_exact_invariance_uses_a_linear_axis():
+    lie = torch.zeros(4, 2, 6, dtype=F64)
+    lie[..., 0] = torch.randn(4, 2, dtype=F64)  # only E_00 varies: five exactly invariant directions
+    spec = ti.SymmetrySpectrum.from_lie_derivatives(lie)
+    assert ti.plot.symmetry_spectrum(spec).axes[0].get_yscale() == "linear"
+    with pytest.raises(ValueError, match="log=True needs positive singular values"):
+        ti.plot.symmetry_spectrum(spec, log=True)
+
+
+@pytest.mark.parametrize(
+    ("arg", "match"),
+    [
+        ([1.0, 2.0], r"SymmetrySpectrum.*got list"),
+        ({}, "got an empty mapping"),
+        ({"A": "not a spectrum"}, r"\{'A': 'str'\}"),
+    ],
+)
+def test_symmetry_spectrum_bad_input(arg, match):
+    with pytest.raises(TypeError, match=match):
+        ti.plot.symmetry_spectrum(arg)
+
+
+def test_flip_histogram_so2_counts_the_signed_angles_and_the_never_flipped():
+    inf = float("inf")
+    flips = _flips([3.0, 12.0, 12.5, inf, 30.0, 1.0, inf], [1, -1, 1, 0, -1, -1, 0])
+    fig = ti.plot.flip_histogram(flips, bins=12)
+    ax = fig.axes[0]
+    (stairs,) = ax.patches
+    values, edges = stairs.get_data().values, stairs.get_data().edges
+    np.testing.assert_allclose(edges, np.linspace(-30, 30, 13))  # the round range holding the flips found
+    expected, _ = np.histogram([3.0, -12.0, 12.5, -30.0, -1.0], bins=edges)  # the samples that flip, signed
+    np.testing.assert_array_equal(values, expected)
+    assert values.sum() == 5
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["5 of 7 flip, 2 never"]
+    assert ax.get_xlabel() == "signed angle of the smallest flip (degrees)"
+    assert "180 degrees" in ax.get_title()  # the range searched
+    np.testing.assert_array_equal(flips.plot(bins=12).axes[0].patches[0].get_data().values, values)
+
+
+def test_flip_histogram_scale_bins_the_factors_on_a_log_axis():
+    flips = _flips([0.1, 0.3, float("inf"), 0.05], [1, -1, 0, 1], unit="log-scale", max_magnitude=math.log(2))
+    ax = ti.plot.flip_histogram(flips, bins=8).axes[0]
+    values, edges = ax.patches[0].get_data().values, ax.patches[0].get_data().edges
+    np.testing.assert_allclose(edges, np.geomspace(1 / 1.5, 1.5, 9))
+    expected, _ = np.histogram(flips.element[flips.flipped].numpy(), bins=edges)  # the flipping factors
+    np.testing.assert_array_equal(values, expected)
+    assert values.sum() == 3 and ax.get_xscale() == "log"
+    assert ax.get_xlabel() == "scale factor of the smallest flip"
+
+
+def test_flip_histogram_cyclic_has_one_bar_per_signed_step_and_overlays_models():
+    inf = float("inf")
+    a = _flips([1.0, 1.0, 2.0, inf, 3.0], [1, -1, 1, 0, -1], unit="steps", max_magnitude=4)
+    b = _flips([inf, inf, 4.0, inf, 1.0], [0, 0, 1, 0, 1], unit="steps", max_magnitude=4)
+    ax = ti.plot.flip_histogram({"DA": a, "WT": b}).axes[0]
+    ks = [-4, -3, -2, -1, 1, 2, 3, 4]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{k:+d}" for k in ks]
+    assert len(ax.patches) == 2 * len(ks)
+    for r, bars in ((a, ax.patches[:8]), (b, ax.patches[8:])):
+        signed = [int(d * m) for d, m in zip(r.direction.tolist(), r.magnitude.tolist()) if d != 0]
+        assert [p.get_height() for p in bars] == [signed.count(k) for k in ks]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "DA: 4 of 5 flip, 1 never",
+        "WT: 2 of 5 flip, 3 never",
+    ]
+
+
+def test_flip_histogram_overlays_continuous_results_and_rejects_bad_input():
+    a = _flips([10.0, 20.0], [1, 1])
+    b = _flips([5.0, float("inf")], [-1, 0])
+    ax = ti.plot.flip_histogram({"A": a, "B": b}).axes[0]
+    assert len(ax.patches) == 4  # each model: a translucent fill and its outline
+    assert len(ax.get_legend().get_texts()) == 2
+    with pytest.raises(ValueError, match=r"one unit.*'A': 'degrees', 'S': 'steps'"):
+        ti.plot.flip_histogram({"A": a, "S": _flips([1.0], [1], unit="steps", max_magnitude=4)})
+    with pytest.raises(ValueError, match="bins must be a positive int"):
+        ti.plot.flip_histogram(a, bins=0)
+    with pytest.raises(TypeError, match=r"FlipResult.*got Tensor"):
+        ti.plot.flip_histogram(a.magnitude)
+    with pytest.raises(TypeError, match=r"\{'A': 'SymmetrySpectrum'\}"):
+        ti.plot.flip_histogram({"A": _spectrum()})
+
+
+def test_flip_histogram_of_a_real_search():
+    model = mlp(36, classes=4, dtype=F64, seed=3)
+    flips = ti.smallest_flip(model, ROT, _x(b=10, seed=2))
+    ax = flips.plot().axes[0]
+    assert sum(p.get_height() for p in ax.patches) == int(flips.flipped.sum())
+    assert f"{int(flips.flipped.sum())} of 10 flip" in ax.get_legend().get_texts()[0].get_text()

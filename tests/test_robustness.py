@@ -3,6 +3,7 @@ flipped), on models whose flip is known in closed form, and on models that are n
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import mlp
@@ -250,3 +251,57 @@ def test_measures_in_eval_mode_and_leaves_the_model_as_it_was():
 def test_bad_arguments(call, exc):
     with pytest.raises(exc):
         call(mlp(64, classes=3, dtype=DT), images())
+
+
+def test_results_of_batches_concatenate_to_the_result_of_all_samples():
+    x, model = images(10), mlp(64, classes=4, dtype=DT)
+    y = torch.randint(0, 4, (10,), generator=torch.Generator().manual_seed(2))
+    rot = ti.get_group("rotation", order=4)
+    whole = ti.worst_case(model, rot, x, y)
+    cat = ti.WorstCaseResult.cat([ti.worst_case(model, rot, x[:3], y[:3]), ti.worst_case(model, rot, x[3:], y[3:])])
+    for f in ("correct", "margins", "clean_correct", "robust", "worst_index"):
+        torch.testing.assert_close(getattr(cat, f), getattr(whole, f))
+    assert cat.worst_element == whole.worst_element and cat.to_dict() == whole.to_dict()
+    so2 = ti.get_group("so2")
+    flips = ti.smallest_flip(model, so2, x, steps=12)
+    cat = ti.FlipResult.cat(
+        [ti.smallest_flip(model, so2, x[:4], steps=12), ti.smallest_flip(model, so2, x[4:], steps=12)]
+    )
+    for f in ("magnitude", "element", "direction", "prediction", "new_prediction"):
+        torch.testing.assert_close(getattr(cat, f), getattr(flips, f), equal_nan=True)
+    with pytest.raises(ValueError, match="same elements"):
+        ti.WorstCaseResult.cat([whole, ti.worst_case(model, rot, x, y, elements=[0, 1])])
+    with pytest.raises(ValueError, match="searched alike"):
+        ti.FlipResult.cat([flips, ti.smallest_flip(model, so2, x, steps=12, max_magnitude=90.0)])
+    with pytest.raises(TypeError, match="non-empty sequence of FlipResult"):
+        ti.FlipResult.cat([])
+
+
+def test_flip_summary_and_signed_parameter_against_the_fields():
+    inf, nan = math.inf, math.nan
+    flips = ti.FlipResult(
+        torch.tensor([10.0, 30.0, inf, 20.0], dtype=DT),
+        torch.tensor([10.0, 330.0, nan, 20.0], dtype=DT),
+        torch.tensor([1, -1, 0, 1]),
+        torch.zeros(4, dtype=torch.long),
+        torch.tensor([1, 1, -1, 2]),
+        "degrees",
+        180.0,
+        1e-3,
+    )
+    torch.testing.assert_close(flips.signed, torch.tensor([10.0, -30.0, nan, 20.0], dtype=DT), equal_nan=True)
+    d = flips.to_dict()
+    assert (d["n_samples"], d["never"], d["flipped"], d["median"]) == (4, 1, 0.75, 20.0)
+    assert d["q10"] == pytest.approx(12.0) and d["q90"] == pytest.approx(28.0)  # numpy's linear quantiles
+    assert d["q90"] == pytest.approx(float(np.quantile([10.0, 30.0, 20.0], 0.9)))
+    scale = ti.FlipResult(
+        flips.magnitude / 100,
+        flips.element,
+        flips.direction,
+        flips.prediction,
+        flips.new_prediction,
+        "log-scale",
+        math.log(2),
+        1e-4,
+    )
+    torch.testing.assert_close(scale.signed[[0, 1, 3]], torch.tensor([0.1, -0.3, 0.2], dtype=DT).exp())

@@ -3,6 +3,7 @@ symmetries are known by construction (and one that has none, so the checks can f
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import mlp
@@ -253,3 +254,21 @@ def test_bad_arguments(kwargs, exc):
     args = {"model": mlp(36, classes=2, dtype=DT), "x": torch.zeros(2, 6, 6, dtype=DT)} | kwargs
     with pytest.raises(exc):
         ti.discover_symmetries(args.pop("model"), args.pop("x"), **args)
+
+
+def test_spectrum_of_stacked_rows_is_the_spectrum_of_all_samples():
+    size = 12
+    u, v = affine_coordinates(size, size)
+    x, _, _ = render(blobs(9, seed=4), u, v)
+    model = generic_model(size)
+    whole = ti.discover_symmetries(model, x)
+    parts = [ti.discover_symmetries(model, x[:4]), ti.discover_symmetries(model, x[4:])]
+    joined = ti.SymmetrySpectrum.from_lie_derivatives(torch.cat([p.lie_derivatives for p in parts]))
+    torch.testing.assert_close(joined.lie_derivatives, whole.lie_derivatives)
+    torch.testing.assert_close(joined.singular_values, whole.singular_values)
+    # the singular values straight from numpy's SVD of the stacked rows
+    rows = whole.lie_derivatives.reshape(-1, 6).numpy() / math.sqrt(9 * whole.lie_derivatives.shape[1])
+    np.testing.assert_allclose(joined.singular_values.numpy(), np.sort(np.linalg.svd(rows, compute_uv=False)))
+    for bad in (torch.zeros(3, 5), torch.zeros(0, 2, 6), torch.zeros(2, 2, 6, dtype=torch.long)):
+        with pytest.raises(ValueError, match=r"\(B, K, 6\)|no rows"):
+            ti.SymmetrySpectrum.from_lie_derivatives(bad)

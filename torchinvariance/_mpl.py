@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["curve", "grouped_bars", "new_figure", "require"]
+__all__ = ["curve", "grouped_bars", "new_figure", "plain_log_ticks", "require"]
 
 EXTRA_HINT = 'pip install "torchinvariance[plot]"'
 
@@ -105,3 +105,18 @@ def curve(
             zorder=3,
         )
     return [line]
+
+
+def plain_log_ticks(axis: Any) -> None:
+    """Label a logarithmic axis with plain numbers (``0.5``, ``2``, ``1e-05``) instead of ``5 x 10^-1``.
+
+    The minor ticks are labelled too while the axis spans less than two decades (decided when drawn).
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(v: float, _: Any) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        return f"{v:.2g}" if lo > 0 and hi / lo < 100 else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))

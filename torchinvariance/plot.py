@@ -1,4 +1,5 @@
-r"""Figures of the paper for any model: saliency over an orbit (Figure 3), drift (Figure 4), spectral norms (Figure 5).
+r"""Figures of the paper for any model: saliency over an orbit (Figure 3), drift (Figure 4), spectral norms (Figure 5),
+and of the robustness tools: the LieGG symmetry spectrum and the smallest flips.
 
 Needs matplotlib (``pip install "torchinvariance[plot]"``). Every function returns a
 :class:`matplotlib.figure.Figure` made without :mod:`matplotlib.pyplot`: no backend is selected or switched and no
@@ -8,7 +9,8 @@ notebook. The functions that draw one panel take ``ax=`` to draw into an axes of
 
 The measurements come from the metrics layer (:func:`~torchinvariance.saliency_map`,
 :func:`~torchinvariance.metrics.realign_saliency`, :func:`~torchinvariance.distribution_invariance`,
-:func:`~torchinvariance.jacobian_spectral_norm`); this module only draws them.
+:func:`~torchinvariance.jacobian_spectral_norm`, :func:`~torchinvariance.discover_symmetries`,
+:func:`~torchinvariance.smallest_flip`); this module only draws them.
 """
 
 from __future__ import annotations
@@ -33,9 +35,20 @@ from torchinvariance.metrics import (
 )
 from torchinvariance.metrics._report_type import curve_panel
 from torchinvariance.orbit import model_output
+from torchinvariance.robustness import FlipResult, _draw_flips
 from torchinvariance.spectral import jacobian_spectral_norm
+from torchinvariance.symmetry import SymmetrySpectrum, _draw_spectrum
 
-__all__ = ["drift", "drift_curve", "metric_vs_element", "orbit_saliency_maps", "saliency_orbit", "spectral"]
+__all__ = [
+    "drift",
+    "drift_curve",
+    "flip_histogram",
+    "metric_vs_element",
+    "orbit_saliency_maps",
+    "saliency_orbit",
+    "spectral",
+    "symmetry_spectrum",
+]
 
 Model = Callable[[Tensor], Tensor]
 
@@ -433,3 +446,99 @@ def spectral(
     if title:
         ax.set_title(title)
     return ax.figure
+
+
+def symmetry_spectrum(
+    spectra: SymmetrySpectrum | Mapping[str, SymmetrySpectrum],
+    *,
+    relative: bool = False,
+    log: bool | None = None,
+    ax: Any = None,
+    title: str | None = None,
+) -> Any:
+    r"""A bar chart of the LieGG symmetry spectrum: the six singular values, the most invariant generator first.
+
+    .. math::
+        s_i = \sigma_i\big(C / \sqrt{BK}\big), \qquad s_1 \le \dots \le s_6
+
+    the root mean square Lie derivative of the model along each candidate generator (its "symmetry variance",
+    :func:`~torchinvariance.discover_symmetries`): a small bar is a direction the model is nearly invariant along.
+    One spectrum gets one bar per generator, labelled by the nearest of rotation, scaling and shift
+    (:meth:`~torchinvariance.SymmetrySpectrum.nearest`) and its distance ``d`` (0: that generator exactly, at most
+    :math:`\sqrt 2`); ``{label: spectrum}`` puts several models side by side per generator, the legend (below the
+    panel) naming each model's most invariant generator.
+
+    Args:
+        spectra: a :class:`~torchinvariance.SymmetrySpectrum`, or ``{label: spectrum}``.
+        relative: divide each spectrum by its largest singular value (compares models whose outputs differ in
+            scale).
+        log: a logarithmic axis; ``None`` (default): when every value is positive (an exact invariance is 0).
+        ax: an axes to draw into (default: a new figure, 600 pixels wide at 100 dpi).
+        title: the panel's title.
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` that holds the axes.
+
+    Raises:
+        TypeError: ``spectra`` is not a spectrum or a non-empty mapping of them; ``relative``/``log`` not bools.
+        ValueError: ``log=True`` with a zero singular value.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> spectrum = ti.discover_symmetries(model, torch.randn(4, 1, 8, 8))
+        >>> fig = ti.plot.symmetry_spectrum(spectrum)  # or spectrum.plot(); fig.savefig("spectrum.png")
+        >>> ax = fig.axes[0]
+        >>> len(ax.patches), ax.get_xticklabels()[0].get_text().split("\n")[0]
+        (6, 's1')
+        >>> fig = ti.plot.symmetry_spectrum({"A": spectrum, "B": spectrum}, relative=True)
+        >>> len(fig.axes[0].patches), len(fig.axes[0].get_legend().get_texts())
+        (12, 2)
+    """
+    return _draw_spectrum(spectra, relative=relative, log=log, ax=ax, title=title)
+
+
+def flip_histogram(
+    flips: FlipResult | Mapping[str, FlipResult],
+    *,
+    bins: int | None = None,
+    ax: Any = None,
+    title: str | None = None,
+) -> Any:
+    r"""A histogram of the smallest change of each sample's prediction (:func:`~torchinvariance.smallest_flip`).
+
+    .. math::
+        t^*_b = \pm \min \bigl\{ |t| \le t_{\max} : \arg\max f(g(t) \cdot x_b) \ne \arg\max f(x_b) \bigr\}
+
+    drawn as :attr:`~torchinvariance.FlipResult.signed`: the signed angle in degrees for ``so2`` (``bins`` bins
+    over :math:`[-t_{\max}, t_{\max}]`, default 36), the scale factor on a logarithmic axis for ``scale``
+    (default 32 bins), and one bar per signed step :math:`\pm k` (the element :math:`g^{\pm k}`) for a cyclic
+    group. The samples whose prediction never changes within the searched range are not in the histogram: the
+    legend (below the panel) counts them, ``"12 of 16 flip, 4 never"``. ``{label: result}`` overlays several
+    models (translucent, outlined; bars side by side for a cyclic group); all must be of one unit.
+
+    Args:
+        flips: a :class:`~torchinvariance.FlipResult`, or ``{label: result}``.
+        bins: the number of bins of a continuous group (ignored for a cyclic one).
+        ax: an axes to draw into (default: a new figure, 600 pixels wide at 100 dpi).
+        title: the panel's title (default: the range searched).
+
+    Returns:
+        The :class:`matplotlib.figure.Figure` that holds the axes.
+
+    Raises:
+        TypeError: ``flips`` is not a result or a non-empty mapping of them.
+        ValueError: results of different units, a bad ``bins``.
+
+    Example:
+        >>> import torch, torchinvariance as ti
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> flips = ti.smallest_flip(model, ti.get_group("rotation", order=4), torch.randn(16, 1, 8, 8))
+        >>> fig = ti.plot.flip_histogram(flips)  # or flips.plot(); fig.savefig("flips.png")
+        >>> ax = fig.axes[0]
+        >>> len(ax.patches), [t.get_text() for t in ax.get_xticklabels()]  # steps -2, -1, +1, +2
+        (4, ['-2', '-1', '+1', '+2'])
+        >>> int(sum(p.get_height() for p in ax.patches)) == int(flips.flipped.sum())
+        True
+    """
+    return _draw_flips(flips, bins=bins, ax=ax, title=title)

@@ -12,13 +12,14 @@ Both send the orbits through :func:`~torchinvariance.orbit_forward` and measure 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+import torchinvariance._mpl as _mpl
 from torchinvariance._checks import check_model
 from torchinvariance.groups import SO2, CyclicGroup, Group, Scale, ensure_group
 from torchinvariance.orbit import check_batch, measuring, model_output, orbit_forward, resolve_elements
@@ -80,6 +81,35 @@ class WorstCaseResult:
             "elements": list(self.elements),
             "element_accuracy": self.element_accuracy.tolist(),
         }
+
+    @classmethod
+    def cat(cls, results: Sequence[WorstCaseResult]) -> WorstCaseResult:
+        """The results of several batches measured on the same elements, as one result over all their samples.
+
+        Example:
+            >>> import torch, torchinvariance as ti
+            >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+            >>> rot, x, y = ti.get_group("rotation", order=4), torch.randn(6, 1, 4, 4), torch.randint(3, (6,))
+            >>> parts = [ti.worst_case(model, rot, x[:4], y[:4]), ti.worst_case(model, rot, x[4:], y[4:])]
+            >>> ti.WorstCaseResult.cat(parts).robust.equal(ti.worst_case(model, rot, x, y).robust)
+            True
+        """
+        parts = list(results)
+        if not parts or not all(isinstance(r, WorstCaseResult) for r in parts):
+            raise TypeError(
+                f"cat needs a non-empty sequence of WorstCaseResult; got {[type(r).__name__ for r in parts]}"
+            )
+        if any(len(r.elements) != len(parts[0].elements) or r.elements != parts[0].elements for r in parts):
+            raise ValueError("cat needs results measured on the same elements")
+        return cls(
+            elements=list(parts[0].elements),
+            correct=torch.cat([r.correct for r in parts], 1),
+            margins=torch.cat([r.margins for r in parts], 1),
+            clean_correct=torch.cat([r.clean_correct for r in parts]),
+            robust=torch.cat([r.robust for r in parts]),
+            worst_index=torch.cat([r.worst_index for r in parts]),
+            worst_element=[e for r in parts for e in r.worst_element],
+        )
 
 
 def _check_labels(y: Any, x: Tensor) -> Tensor:
@@ -157,8 +187,21 @@ def worst_case(
     y = _check_labels(y, x)
     els = resolve_elements(group, elements)
     with measuring(model, eval_mode), torch.no_grad():
-        clean = _logits(model_output(model(x), x.shape[0]), x.shape[0])
+        clean = model_output(model(x), x.shape[0])
         out = orbit_forward(model, group, x, els, chunk_size=chunk_size)
+    return worst_of_outputs(els, clean, out, y)
+
+
+def worst_of_outputs(elements: list, clean: Tensor, out: Tensor, y: Tensor) -> WorstCaseResult:
+    """:func:`worst_case` from outputs measured before: ``clean`` ``(B, C)`` on ``x``, ``out`` ``(n, B, C)`` on
+    the ``n`` elements (e.g. one orbit forward shared with other metrics).
+    """
+    els = list(elements)
+    clean = _logits(clean, clean.shape[0])
+    if out.dim() != 3 or out.shape[0] != len(els) or out.shape[1:] != clean.shape:
+        raise ValueError(
+            f"orbit outputs must be ({len(els)}, {', '.join(map(str, clean.shape))}); got {tuple(out.shape)}"
+        )
     correct = out.argmax(-1) == y
     margins = _margins(out, y)
     worst = margins.argmin(0)
@@ -205,6 +248,193 @@ class FlipResult:
     def flipped(self) -> Tensor:
         """``(B,)`` bool, some element within the range flips the prediction."""
         return torch.isfinite(self.magnitude)
+
+    @property
+    def signed(self) -> Tensor:
+        r"""``(B,)`` float64, the flip as a signed parameter: ``direction * magnitude`` in degrees for ``so2``, the
+        factor :math:`e^{\pm|\ln s|}` for ``scale``, ``±k`` steps for a cyclic group; ``nan`` where nothing flips.
+        """
+        t = self.direction.to(torch.float64) * self.magnitude
+        if self.unit == "log-scale":
+            t = t.exp()
+        return torch.where(self.flipped, t, torch.full_like(t, math.nan))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary: the unit and range searched, how many samples flip, and the magnitudes' quantiles.
+
+        ``{"unit", "max_magnitude", "tol", "n_samples", "flipped"`` (the share of samples that flip),
+        ``"never"`` (how many do not), ``"median", "q10", "q90"`` (of the flipping samples' magnitudes; ``None``
+        where none flips)``}``, plus ``"steps": {"1": share, ...}`` for a cyclic group.
+
+        Example:
+            >>> import math, torch, torchinvariance as ti
+            >>> flips = ti.FlipResult(torch.tensor([1.0, 2.0, math.inf], dtype=torch.float64),
+            ...                       torch.tensor([1.0, 6.0, math.nan], dtype=torch.float64),
+            ...                       torch.tensor([1, -1, 0]), torch.tensor([0, 0, 1]), torch.tensor([1, 2, -1]),
+            ...                       "steps", 4.0, 0.0)
+            >>> d = flips.to_dict()
+            >>> d["never"], round(d["flipped"], 3), d["steps"]
+            (1, 0.667, {'1': 0.3333333333333333, '2': 0.3333333333333333, '3': 0.0, '4': 0.0})
+        """
+        mag = self.magnitude.to(torch.float64)
+        hit = mag[torch.isfinite(mag)]
+        n = int(mag.numel())
+
+        def q(p: float) -> float | None:
+            return float(torch.quantile(hit, p)) if hit.numel() else None
+
+        out: dict[str, Any] = {
+            "unit": self.unit,
+            "max_magnitude": float(self.max_magnitude),
+            "tol": float(self.tol),
+            "n_samples": n,
+            "flipped": float(hit.numel() / n) if n else 0.0,
+            "never": n - int(hit.numel()),
+            "median": q(0.5),
+            "q10": q(0.1),
+            "q90": q(0.9),
+        }
+        if self.unit == "steps":
+            out["steps"] = {str(k): float((mag == k).sum()) / n for k in range(1, int(self.max_magnitude) + 1)}
+        return out
+
+    @classmethod
+    def cat(cls, results: Sequence[FlipResult]) -> FlipResult:
+        """The results of several batches searched alike, as one result over all their samples.
+
+        Example:
+            >>> import torch, torchinvariance as ti
+            >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+            >>> rot, x = ti.get_group("rotation", order=4), torch.randn(6, 1, 4, 4)
+            >>> parts = [ti.smallest_flip(model, rot, x[:4]), ti.smallest_flip(model, rot, x[4:])]
+            >>> ti.FlipResult.cat(parts).magnitude.equal(ti.smallest_flip(model, rot, x).magnitude)
+            True
+        """
+        parts = list(results)
+        if not parts or not all(isinstance(r, FlipResult) for r in parts):
+            raise TypeError(f"cat needs a non-empty sequence of FlipResult; got {[type(r).__name__ for r in parts]}")
+        first = parts[0]
+        if any((r.unit, r.max_magnitude, r.tol) != (first.unit, first.max_magnitude, first.tol) for r in parts):
+            raise ValueError("cat needs results searched alike (the same unit, max_magnitude and tol)")
+        fields = ("magnitude", "element", "direction", "prediction", "new_prediction")
+        cols = {f: torch.cat([getattr(r, f) for r in parts]) for f in fields}
+        return cls(**cols, unit=first.unit, max_magnitude=first.max_magnitude, tol=first.tol)
+
+    def plot(self, *, bins: int | None = None, ax: Any = None, title: str | None = None) -> Any:
+        """A histogram of the smallest flipping parameter; the samples that never flip are counted in the legend.
+
+        The same as :func:`torchinvariance.plot.flip_histogram` of this result (see there for the options); needs
+        matplotlib (``pip install "torchinvariance[plot]"``).
+
+        Returns:
+            A :class:`matplotlib.figure.Figure`.
+        """
+        return _draw_flips(self, bins=bins, ax=ax, title=title)
+
+
+def check_flip_group(group: Group) -> None:
+    """Raise the :class:`TypeError` of :func:`smallest_flip` for a group it cannot search."""
+    _Path(group)
+
+
+_AXES = {
+    "degrees": "signed angle of the smallest flip (degrees)",
+    "log-scale": "scale factor of the smallest flip",
+    "steps": "signed steps k of the smallest flip (element g^k)",
+}
+
+
+def _nice_span(found: float, t_max: float, unit: str) -> float:
+    """The smallest round range (degrees: 5, 10, 15, 30, 45, ...; log-scale: of a round factor) holding ``found``."""
+    if unit == "degrees":
+        for v in (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 135, 150, 180):
+            if found <= v <= t_max:
+                return float(v)
+        return t_max
+    for factor in (1.01, 1.02, 1.05, 1.1, 1.2, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0):
+        if found <= math.log(factor) <= t_max:
+            return math.log(factor)
+    return t_max
+
+
+def _draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: str | None = None) -> Any:
+    """Histograms of ``FlipResult.signed`` of one result or ``{label: result}`` (see ``plot.flip_histogram``)."""
+    if isinstance(flips, FlipResult):
+        named, single = {"model": flips}, True
+    elif isinstance(flips, Mapping) and flips:
+        named, single = dict(flips), False
+        bad = {str(k): type(v).__name__ for k, v in named.items() if not isinstance(v, FlipResult)}
+        if bad:
+            raise TypeError(
+                f"flip_histogram draws FlipResult results (ti.smallest_flip), one or {{label: result}}; got {bad}"
+            )
+    else:
+        what = "an empty mapping" if isinstance(flips, Mapping) else type(flips).__name__
+        raise TypeError(
+            f"flip_histogram draws a FlipResult (ti.smallest_flip) or a non-empty {{label: FlipResult}}; got {what}"
+        )
+    units = {label: r.unit for label, r in named.items()}
+    if len(set(units.values())) > 1:
+        raise ValueError(f"flip_histogram overlays results of one unit (one kind of group); got {units}")
+    if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 1):
+        raise ValueError(f"bins must be a positive int or None; got {bins!r}")
+    unit = next(iter(units.values()))
+    t_max = max(float(r.max_magnitude) for r in named.values())
+    if ax is None:
+        _, axes = _mpl.new_figure(1, 1, figsize=(6.0, 3.6 + 0.18 * len(named)))
+        ax = axes[0, 0]
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray", "tab:olive"]
+    if unit == "steps":
+        ks = [k for k in range(-int(t_max), int(t_max) + 1) if k != 0]
+        width = 0.8 / len(named)
+    else:
+        import numpy as np
+
+        nb = bins or (36 if unit == "degrees" else 32)
+        # the bins span the flips found (a nice round range), not the whole search: the legend says what never flips
+        found = [float(r.magnitude[r.flipped].max()) for r in named.values() if bool(r.flipped.any())]
+        span = _nice_span(max(found), t_max, unit) if found else t_max
+        edges = (
+            np.linspace(-span, span, nb + 1)
+            if unit == "degrees"
+            else np.geomspace(math.exp(-span), math.exp(span), nb + 1)
+        )
+    for i, (label, r) in enumerate(named.items()):
+        color = palette[i % len(palette)]
+        values = r.signed[r.flipped]
+        never = int((~r.flipped).sum())
+        text = f"{'' if single else label + ': '}{int(r.flipped.sum())} of {r.magnitude.numel()} flip, {never} never"
+        if unit == "steps":
+            counts = [int((values == k).sum()) for k in ks]
+            ax.bar([j - 0.4 + width * (i + 0.5) for j in range(len(ks))], counts, width=width, color=color, label=text)
+        else:
+            counts, _ = np.histogram(values.numpy(), bins=edges)
+            ax.stairs(counts, edges, fill=True, alpha=0.35 if len(named) > 1 else 0.8, color=color, label=text)
+            if len(named) > 1:
+                ax.stairs(counts, edges, color=color, linewidth=1.5)
+    if unit == "steps":
+        ax.set_xticks(range(len(ks)), [f"{k:+d}" for k in ks])
+    elif unit == "degrees":
+        step = 45 if span > 90 else 15 if span > 30 else 5 if span > 10 else 1 if span > 2 else span / 2
+        n_ticks = round(span / step)
+        ax.set_xticks([k * step for k in range(-n_ticks, n_ticks + 1)])
+        ax.set_xlim(-span, span)
+        ax.axvline(0.0, color="black", linewidth=0.8, linestyle=":")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlim(math.exp(-span), math.exp(span))
+        ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
+        _mpl.plain_log_ticks(ax.xaxis)
+    ax.set_xlabel(_AXES[unit])
+    ax.set_ylabel("samples")
+    reach = {
+        "degrees": f"±{t_max:g} degrees",
+        "log-scale": f"factors {math.exp(-t_max):.3g} to {math.exp(t_max):.3g}",
+        "steps": f"±{int(t_max)} steps",
+    }[unit]
+    ax.set_title(title or f"smallest change of the prediction (searched {reach})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(named), 2), frameon=False)
+    return ax.figure
 
 
 class _Path:

@@ -19,13 +19,14 @@ This module stands on the orbit primitive's model handling only (:func:`~torchin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+import torchinvariance._mpl as _mpl
 from torchinvariance._checks import check_model
 from torchinvariance.orbit import measuring, model_output
 
@@ -82,6 +83,54 @@ class SymmetrySpectrum:
             "generators": self.generators.tolist(),
             "distances": {k: v.tolist() for k, v in self.distances.items()},
         }
+
+    @classmethod
+    def from_lie_derivatives(cls, lie: Tensor) -> SymmetrySpectrum:
+        r"""The spectrum of stacked Lie derivative rows, e.g. the ``lie_derivatives`` of several batches.
+
+        .. math::
+            C = \begin{bmatrix} C^{(1)} \\ C^{(2)} \\ \vdots \end{bmatrix}, \qquad
+            \frac{C}{\sqrt{\#\text{rows}}} = U\, \Sigma\, V^\top
+
+        :func:`discover_symmetries` computes the rows of each sample alone, so the spectrum of batches
+        concatenated here is that of one call on all of their samples.
+
+        Args:
+            lie: ``(B, K, 6)`` rows (``torch.cat`` of the ``lie_derivatives`` of several spectra along dim 0).
+
+        Returns:
+            The :class:`SymmetrySpectrum` of all rows.
+
+        Raises:
+            ValueError: ``lie`` is not a non-empty ``(B, K, 6)`` floating point tensor.
+
+        Example:
+            >>> import torch, torchinvariance as ti
+            >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+            >>> x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+            >>> model = model.double()
+            >>> parts = [ti.discover_symmetries(model, x[:2]), ti.discover_symmetries(model, x[2:])]
+            >>> whole = ti.SymmetrySpectrum.from_lie_derivatives(torch.cat([p.lie_derivatives for p in parts]))
+            >>> torch.allclose(whole.singular_values, ti.discover_symmetries(model, x).singular_values)
+            True
+        """
+        if not isinstance(lie, Tensor) or lie.dim() != 3 or lie.shape[-1] != 6 or not lie.is_floating_point():
+            got = f"shape {tuple(lie.shape)} {lie.dtype}" if isinstance(lie, Tensor) else type(lie).__name__
+            raise ValueError(f"lie must be a floating point tensor of Lie derivative rows (B, K, 6); got {got}")
+        if lie.shape[0] * lie.shape[1] == 0:
+            raise ValueError(f"lie has no rows: shape {tuple(lie.shape)}")
+        return _spectrum(lie.to(torch.float64))
+
+    def plot(self, *, relative: bool = False, log: bool | None = None, ax: Any = None, title: str | None = None) -> Any:
+        """A bar chart of the six singular values, labelled by the nearest named generator.
+
+        The same as :func:`torchinvariance.plot.symmetry_spectrum` of this spectrum (see there for the options);
+        needs matplotlib (``pip install "torchinvariance[plot]"``).
+
+        Returns:
+            A :class:`matplotlib.figure.Figure`.
+        """
+        return _draw_spectrum(self, relative=relative, log=log, ax=ax, title=title)
 
 
 def affine_coordinates(
@@ -251,3 +300,74 @@ def _spectrum(lie: Tensor) -> SymmetrySpectrum:
     plane = torch.stack([refs["translation_u"], refs["translation_v"]])  # orthonormal rows
     distances["translation"] = dist((vh @ plane.T).norm(dim=1))
     return SymmetrySpectrum(singular_values=s, generators=vh.reshape(6, 2, 3), distances=distances, lie_derivatives=lie)
+
+
+_SHORT = {"rotation": "rotation", "scaling": "scaling", "translation": "shift"}
+
+
+def _draw_spectrum(
+    spectra: Any, *, relative: bool = False, log: bool | None = None, ax: Any = None, title: str | None = None
+) -> Any:
+    """Bars of the singular values of one spectrum or ``{label: spectrum}`` (see ``plot.symmetry_spectrum``)."""
+    if isinstance(spectra, SymmetrySpectrum):
+        named, single = {"": spectra}, True
+    elif isinstance(spectra, Mapping) and spectra:
+        named, single = dict(spectra), False
+        bad = {str(k): type(v).__name__ for k, v in named.items() if not isinstance(v, SymmetrySpectrum)}
+        if bad:
+            raise TypeError(
+                "symmetry_spectrum draws SymmetrySpectrum results (ti.discover_symmetries), one or "
+                f"{{label: spectrum}}; got {bad}"
+            )
+    else:
+        what = "an empty mapping" if isinstance(spectra, Mapping) else type(spectra).__name__
+        raise TypeError(
+            "symmetry_spectrum draws a SymmetrySpectrum (ti.discover_symmetries) or a non-empty "
+            f"{{label: SymmetrySpectrum}}; got {what}"
+        )
+    if not isinstance(relative, bool) or (log is not None and not isinstance(log, bool)):
+        raise TypeError(f"relative must be a bool and log a bool or None; got {relative!r} and {log!r}")
+    values = {}
+    for label, spec in named.items():
+        s = spec.singular_values.detach().to(torch.float64).cpu()
+        top = float(s.max())
+        values[label] = (s / top if relative and top > 0 else s).tolist()
+    flat = [v for vs in values.values() for v in vs]
+    use_log = all(v > 0 for v in flat) if log is None else log
+    if use_log and not all(v > 0 for v in flat):
+        raise ValueError(
+            "log=True needs positive singular values; got "
+            f"{min(flat):.3g} (an exactly invariant direction is 0: pass log=None or False)"
+        )
+    if ax is None:
+        _, axes = _mpl.new_figure(1, 1, figsize=(6.0, 3.8 + (0.18 * len(named) if not single else 0.3)))
+        ax = axes[0, 0]
+    n = len(named)
+    width = 0.8 / n
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray", "tab:olive"]
+    for k, (label, spec) in enumerate(named.items()):
+        near = spec.nearest()
+        name, dist = near[0]
+        legend = f"{label}: s1 ~ {_SHORT[name]} (d={dist:.2f})" if not single else None
+        ax.bar(
+            [i - 0.4 + width * (k + 0.5) for i in range(6)],
+            values[label],
+            width=width,
+            color=palette[k % len(palette)],
+            label=legend,
+        )
+    if single:
+        near = next(iter(named.values())).nearest()
+        ticks = [f"s{i + 1}\n{_SHORT[nm]}\nd={d:.2f}" for i, (nm, d) in enumerate(near)]
+        ax.set_xlabel("generator, most invariant first: nearest named one and its distance d")
+    else:
+        ticks = [f"s{i + 1}" for i in range(6)]
+        ax.set_xlabel("generator, most invariant first")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(n, 2), frameon=False)
+    ax.set_xticks(range(6), ticks, fontsize=8)
+    if use_log:
+        ax.set_yscale("log")
+        _mpl.plain_log_ticks(ax.yaxis)
+    ax.set_ylabel("symmetry variance / largest" if relative else "symmetry variance (rms Lie derivative)")
+    ax.set_title(title or "LieGG symmetry spectrum (small = invariant)", fontsize=10)
+    return ax.figure
