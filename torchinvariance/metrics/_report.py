@@ -26,23 +26,62 @@ from torchinvariance.metrics._classes import (
 )
 from torchinvariance.metrics._functional import di_terms, li_terms, orbit_outputs, round_trip_outputs
 from torchinvariance.metrics._reduction import averaged_rows, check_include_identity, measured_elements
-from torchinvariance.metrics._report_type import _NO_STD, METRICS, InvarianceReport
+from torchinvariance.metrics._report_type import _NO_STD, METRICS, ROBUSTNESS, InvarianceReport
 from torchinvariance.metrics.saliency import SaliencyConfig
 from torchinvariance.orbit import measuring, resolve_elements
+from torchinvariance.robustness import FlipResult, WorstCaseResult, check_flip_group, smallest_flip, worst_of_outputs
+from torchinvariance.symmetry import SymmetrySpectrum, discover_symmetries
 
 __all__ = ["InvarianceReport", "evaluate_invariance"]
 
-MetricName = Literal["accuracy", "consistency", "di", "li", "si"]
+MetricName = Literal["accuracy", "consistency", "di", "li", "si", "worst", "flip", "discover"]
 
 
 def _check_metrics(metrics: Sequence[str]) -> list[str]:
     if isinstance(metrics, str):
         metrics = (metrics,)
     metrics = list(metrics)
-    bad = [m for m in metrics if m not in METRICS]
+    bad = [m for m in metrics if m not in METRICS + ROBUSTNESS]
     if bad or not metrics or len(set(metrics)) != len(metrics):
-        raise ValueError(f"metrics must be a non-empty selection without repeats of {METRICS}; got {metrics!r}")
+        raise ValueError(
+            f"metrics must be a non-empty selection without repeats of {METRICS + ROBUSTNESS}; got {metrics!r}"
+        )
     return metrics
+
+
+def _check_robustness(names: list[str], group: Group, sync: bool) -> None:
+    """The robustness metrics' conditions that do not depend on the data, checked before any work."""
+    asked = [m for m in names if m in ROBUSTNESS]
+    if asked and sync:
+        raise ValueError(
+            f"metrics {asked} keep per-sample results that are not synced across processes; pass sync_dist=False to "
+            "measure this rank's data"
+        )
+    if "flip" in names:
+        try:
+            check_flip_group(group)
+        except TypeError as exc:
+            raise ValueError(
+                f"metric 'flip' searches a one-parameter path: so2, scale or a cyclic group (rotation, translation, "
+                f"flip); got {group!r}: use 'worst' for its elements"
+            ) from exc
+
+
+def _labels(y: Tensor | None, x: Tensor, metric: str) -> Tensor:
+    if y is None:
+        raise ValueError(f"metric {metric!r} needs labels: the loader must yield (x, y) pairs")
+    y = y.to(x.device)
+    if y.shape != (x.shape[0],) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}")
+    return y.long()
+
+
+def _check_images(x: Tensor) -> None:
+    if x.dim() < 3 or not x.is_floating_point() or min(x.shape[-2:]) < 2:
+        raise ValueError(
+            "metric 'discover' (the LieGG spectrum of the affine transformations of images) needs floating point "
+            f"image batches (B, ..., H, W) with H, W >= 2; got shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
 
 
 def _model_device(model: Callable[[Tensor], Tensor]) -> torch.device:
@@ -119,7 +158,22 @@ def evaluate_invariance(
     - ``"li"``: :math:`\tfrac12 \lVert f(x_b) - f(g x_b) \rVert_2^2`
       (:func:`~torchinvariance.logit_invariance`);
     - ``"si"``: cosine similarity of :math:`m_f(x_b)` and
-      :math:`g^{-1} m_f(g x_b)` (:func:`~torchinvariance.saliency_invariance`).
+      :math:`g^{-1} m_f(g x_b)` (:func:`~torchinvariance.saliency_invariance`);
+    - ``"worst"``: worst-of-k accuracy, :math:`\frac1N \sum_b \bigwedge_g
+      [\arg\max f(g x_b) = y_b]` over the measured elements
+      (:func:`~torchinvariance.worst_case`; needs labels), from the same
+      forward of the orbit as accuracy, DI and LI;
+    - ``"flip"``: per sample the smallest angle, scale change or shift that
+      changes the prediction (:func:`~torchinvariance.smallest_flip` with its
+      defaults, its own search along the group's path whatever ``elements``
+      says; ``so2``, ``scale`` and cyclic groups only);
+    - ``"discover"``: the LieGG symmetry spectrum of all samples
+      (:func:`~torchinvariance.discover_symmetries`; image inputs only).
+
+    The last three are kept in the report as the result objects over all
+    samples (``report.worst_case``, ``report.flips``, ``report.spectrum``),
+    not per element; they are not synced across processes (pass
+    ``sync_dist=False``).
 
     Each is reported per group element (mean over samples, every element), as
     the mean over the non-identity elements (``include_identity=True``: over
@@ -139,7 +193,10 @@ def evaluate_invariance(
     it with ``si_samples``: SI then runs on the first ``si_samples`` samples
     only, with its own per-sample progress bar. For an interpolating group
     the floor adds one forward of the orbit per sample (``floor=False``
-    skips it).
+    skips it). ``"worst"`` costs nothing beyond the orbit's forward;
+    ``"flip"`` a search per sample (for ``so2`` 72 grid forwards and about 14
+    bisection steps; for a cyclic group of order :math:`n` up to :math:`n - 1`
+    forwards); ``"discover"`` one backward pass per model output.
 
     **Which elements.** ``elements=None`` (default) measures every element of
     a finite group, identity first. A continuous group (``so2``, ``scale``)
@@ -181,7 +238,8 @@ def evaluate_invariance(
         loader: iterable of ``(x, y)`` tuples/lists or bare ``x`` tensors (then
             ``"accuracy"`` cannot be requested).
         metrics: any non-empty selection of ``("accuracy", "consistency",
-            "di", "li", "si")``; default ``("accuracy", "di", "li")``.
+            "di", "li", "si", "worst", "flip", "discover")``; default
+            ``("accuracy", "di", "li")``.
         device: where to run; ``None`` means the model's device (its first
             parameter or buffer; CPU for a model without any).
         max_batches: stop after this many batches (``None``: the whole loader).
@@ -211,7 +269,10 @@ def evaluate_invariance(
 
     Raises:
         ValueError: unknown metric names, an empty loader, ``"accuracy"``
-            without labels, a group that cannot act on the inputs, non-finite
+            or ``"worst"`` without labels, ``"flip"`` for a group that is not
+            ``so2``, ``scale`` or cyclic, ``"discover"`` on inputs that are not
+            images, a robustness metric under ``sync_dist``, a group that
+            cannot act on the inputs, non-finite
             model outputs, a continuous group without ``elements``, an element
             the group rejects, ``k < 1`` (or, for a finite group, not below
             its order), a bad ``seed``.
@@ -249,6 +310,18 @@ def evaluate_invariance(
         >>> drawn.elements == ti.evaluate_invariance(model, so2, data, elements=4, seed=0, progress=False).elements
         True
         >>> fig = drawn.plot()  # LI and DI against the angle, each with its floor dashed
+
+        The worst element, the smallest flip and the discovered symmetries, on the same data:
+
+        >>> rot = ti.get_group("rotation", order=4)
+        >>> report = ti.evaluate_invariance(model, rot, data, metrics=("li", "worst", "flip", "discover"),
+        ...                                 progress=False)
+        >>> report.worst_case.robust.shape, report.flips.unit, report.spectrum.singular_values.shape
+        (torch.Size([8]), 'steps', torch.Size([6]))
+        >>> sorted(report.to_dict())  # doctest: +NORMALIZE_WHITESPACE
+        ['discover', 'elements', 'flip', 'group', 'include_identity', 'li', 'n_samples', 'worst']
+        >>> report.plot().axes[0].get_title()
+        'LI'
     """
     check_model(model)
     ensure_group(group)
@@ -265,6 +338,7 @@ def evaluate_invariance(
     measured = resolve_elements(group, chosen)
     dev = _model_device(model) if device is None else torch.device(device)
     sync = _should_sync(sync_dist)
+    _check_robustness(names, group, sync)
 
     element_names = [group.element_name(g) for g in measured]
     rows = averaged_rows(group, measured, include_identity)
@@ -284,7 +358,10 @@ def evaluate_invariance(
     floors = {n: _OrbitFloor(element_names, rows, **options) for n in ("di", "li") if n in acc and with_floor}
     for metric in [*acc.values(), *floors.values(), *([si] if si is not None else [])]:
         metric.to(dev).set_dtype(torch.float64)  # float64 results for the report (the sums are float64 anyway)
-    needs_logits = bool(acc)
+    needs_logits = bool(acc) or "worst" in names
+    worst_parts: list[WorstCaseResult] = []
+    flip_parts: list[FlipResult] = []
+    lie_parts: list[Tensor] = []
     orbit = None if chosen is None else [group.identity, *chosen]
 
     total = None
@@ -302,21 +379,18 @@ def evaluate_invariance(
             for batch in tqdm(batches, total=total, disable=not progress, desc=f"invariance {group!r}"):
                 x, y = _split_batch(batch)
                 x = x.to(dev)
+                if "discover" in names:
+                    _check_images(x)
                 if needs_logits:
                     with torch.no_grad():
                         out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size, elements=orbit)
-                    if any(k in acc for k in ("di", "accuracy", "consistency")):
+                    if any(k in names for k in ("di", "accuracy", "consistency", "worst")):
                         check_logits(out, "evaluate_invariance", batch_dims=2)
                     fx, fgx = out[0], (out if chosen is None else out[1:])  # fgx: one row per measured element
                     if "accuracy" in acc:
-                        if y is None:
-                            raise ValueError("metric 'accuracy' needs labels: the loader must yield (x, y) pairs")
-                        y = y.to(dev)
-                        if y.shape != (x.shape[0],) or y.is_floating_point():
-                            raise ValueError(
-                                f"labels must be class indices shaped ({x.shape[0]},); got {tuple(y.shape)} {y.dtype}"
-                            )
-                        acc["accuracy"].update_terms(fgx.argmax(-1) == y.unsqueeze(0))
+                        acc["accuracy"].update_terms(fgx.argmax(-1) == _labels(y, x, "accuracy").unsqueeze(0))
+                    if "worst" in names:  # the same orbit: f(x) and one row per measured element
+                        worst_parts.append(worst_of_outputs(measured, fx, fgx, _labels(y, x, "worst")))
                     if "consistency" in acc:
                         acc["consistency"].update_terms(fgx.argmax(-1) == fx.argmax(-1).unsqueeze(0))
                     for name in ("di", "li"):
@@ -327,6 +401,10 @@ def evaluate_invariance(
                             back = round_trip_outputs(model, group, x, measured, chunk_size=chunk_size)
                         for name, meter in floors.items():
                             meter.update_terms(_FLOOR_TERMS[name](fx, back))
+                if "flip" in names:
+                    flip_parts.append(smallest_flip(model, group, x, chunk_size=chunk_size, eval_mode=eval_mode))
+                if "discover" in names:
+                    lie_parts.append(discover_symmetries(model, x, eval_mode=eval_mode).lie_derivatives)
                 if si is not None and (si_left is None or si_left > 0):
                     xs = x if si_left is None else x[:si_left]
                     si.update(xs)
@@ -344,7 +422,7 @@ def evaluate_invariance(
     with warnings.catch_warnings():
         # a rank without batches under sync: the global count decides (below), not torchmetrics' warning
         warnings.filterwarnings("ignore", message=r".*compute.*called before the ``update``", category=UserWarning)
-        for name in names:
+        for name in (n for n in names if n not in ROBUSTNESS):
             metric = si if name == "si" else acc[name]
             assert metric is not None
             try:
@@ -368,6 +446,16 @@ def evaluate_invariance(
                 n_samples = metric.compute_count()
         if n_samples == 0 and si is not None:
             n_samples = si.compute_count()
+    worst = WorstCaseResult.cat(worst_parts) if worst_parts else None
+    flips = FlipResult.cat(flip_parts) if flip_parts else None
+    spectrum = SymmetrySpectrum.from_lie_derivatives(torch.cat(lie_parts)) if lie_parts else None
+    if not results:  # robustness metrics only: the samples they measured
+        if worst is not None:
+            n_samples = worst.robust.numel()
+        elif flips is not None:
+            n_samples = flips.magnitude.numel()
+        elif spectrum is not None:
+            n_samples = spectrum.lie_derivatives.shape[0]
     for res in results.values():
         values = [res["mean"], res.get("std", 0.0), *res["per_element"]]
         if "floor" in res:
@@ -382,4 +470,7 @@ def evaluate_invariance(
         include_identity=include_identity,
         element_values=None if group.is_finite else [float(g) for g in measured],
         averaged=rows,
+        worst_case=worst,
+        flips=flips,
+        spectrum=spectrum,
     )

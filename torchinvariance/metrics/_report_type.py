@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torchinvariance._mpl as _mpl
+from torchinvariance.robustness import FlipResult, WorstCaseResult, _draw_flips
+from torchinvariance.symmetry import SymmetrySpectrum, _draw_spectrum
 
-__all__ = ["METRICS", "InvarianceReport"]
+__all__ = ["METRICS", "ROBUSTNESS", "InvarianceReport"]
 
 METRICS = ("accuracy", "consistency", "di", "li", "si")
+#: the metrics of the whole dataset rather than of each element: worst-of-k accuracy, smallest flip, LieGG spectrum
+ROBUSTNESS = ("worst", "flip", "discover")
 _LABELS = {"accuracy": "accuracy", "consistency": "top-1 cons.", "di": "DI", "li": "LI", "si": "SI"}
 _NO_STD = ("accuracy", "consistency")  # 0/1 terms: reported without a std over samples
 
@@ -45,6 +49,12 @@ class InvarianceReport:
     the metric of the round trip :math:`g^{-1}(g x_b)`, what resampling alone
     explains), printed beside the metric.
 
+    Three more results, asked for with ``metrics=(..., "worst", "flip", "discover")``, are kept as the result
+    objects of the robustness tools, over all samples: ``worst_case`` (:class:`~torchinvariance.WorstCaseResult`,
+    every measured element), ``flips`` (:class:`~torchinvariance.FlipResult`) and ``spectrum``
+    (:class:`~torchinvariance.SymmetrySpectrum`); :meth:`to_dict` has their summaries under ``"worst"``,
+    ``"flip"`` and ``"discover"``, the text a line each, and :meth:`plot` a panel for the spectrum and the flips.
+
     Attributes:
         group: ``repr`` of the group.
         n_samples: number of samples evaluated.
@@ -61,6 +71,11 @@ class InvarianceReport:
             metrics include it; ``None``: all but the first (the identity of
             a finite group) or all with ``include_identity``, and all elements
             of a continuous group.
+        worst_case: the worst-of-k result over the measured elements
+            (``"worst"``), or ``None``.
+        flips: the smallest flip of every sample (``"flip"``), or ``None``.
+        spectrum: the LieGG symmetry spectrum of all samples
+            (``"discover"``), or ``None``.
 
     Example:
         >>> from torchinvariance import InvarianceReport
@@ -98,9 +113,19 @@ class InvarianceReport:
     include_identity: bool = False
     element_values: list[float] | None = None
     averaged: list[bool] | None = None
+    worst_case: WorstCaseResult | None = None
+    flips: FlipResult | None = None
+    spectrum: SymmetrySpectrum | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict: ``{"group", "n_samples", "elements", "include_identity", <metric>: {...}, ...}``."""
+        """A JSON-safe dict: ``{"group", "n_samples", "elements", "include_identity", <metric>: {...}, ...}``.
+
+        The robustness results, where measured: ``"worst": {"accuracy", "worst_case_accuracy", "per_element"}``
+        (the clean accuracy, the share of samples correct under every measured element, the accuracy under each),
+        ``"flip"`` (:meth:`FlipResult.to_dict <torchinvariance.FlipResult.to_dict>`) and ``"discover"``
+        (:meth:`SymmetrySpectrum.to_dict <torchinvariance.SymmetrySpectrum.to_dict>` and ``"nearest"``: for each
+        generator the nearest named one and its distance).
+        """
         out: dict[str, Any] = {
             "group": str(self.group),
             "n_samples": int(self.n_samples),
@@ -124,6 +149,25 @@ class InvarianceReport:
                     "per_element": [float(v) for v in res["floor"]["per_element"]],
                 }
             out[name] = entry
+        out.update(self._robustness_dict())
+        return out
+
+    def _robustness_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.worst_case is not None:
+            w = self.worst_case
+            out["worst"] = {
+                "accuracy": float(w.accuracy),
+                "worst_case_accuracy": float(w.worst_case_accuracy),
+                "per_element": [float(v) for v in w.element_accuracy.tolist()],
+            }
+        if self.flips is not None:
+            out["flip"] = self.flips.to_dict()
+        if self.spectrum is not None:
+            out["discover"] = {
+                **self.spectrum.to_dict(),
+                "nearest": [[name, float(d)] for name, d in self.spectrum.nearest()],
+            }
         return out
 
     def to_pandas(self) -> Any:
@@ -176,7 +220,10 @@ class InvarianceReport:
 
         Args:
             metrics: the metrics to draw, default every metric of the report except accuracy when there are
-                invariance metrics (DI, LI, SI first).
+                invariance metrics (DI, LI, SI first), then the spectrum (``"discover"``,
+                :func:`~torchinvariance.plot.symmetry_spectrum`) and the flips (``"flip"``,
+                :func:`~torchinvariance.plot.flip_histogram`) where measured. The worst-of-k accuracy is a
+                number of the text and :meth:`to_dict`, not a panel.
             references: other reports to draw beside this one, by label.
             title: the figure's title (default: the group and the sample count).
 
@@ -188,24 +235,41 @@ class InvarianceReport:
             ValueError: a metric that is not in the report.
         """
         order = ["di", "li", "si", "consistency", "accuracy"]
+        drawable = {"discover": self.spectrum, "flip": self.flips}
+        present = [k for k, v in drawable.items() if v is not None]
         if metrics is None:
             names = [m for m in order if m in self.results]
             names = [m for m in names if m != "accuracy"] or names
+            extra = present
         else:
-            names = [metrics] if isinstance(metrics, str) else list(metrics)
-            bad = [m for m in names if m not in self.results]
-            if bad or not names:
-                raise ValueError(f"metrics must be a non-empty selection of {list(self.results)}; got {names!r}")
+            asked = [metrics] if isinstance(metrics, str) else list(metrics)
+            names = [m for m in asked if m not in drawable]
+            extra = [m for m in asked if m in drawable]
+            bad = [m for m in names if m not in self.results] + [m for m in extra if m not in present]
+            if bad or not asked:
+                raise ValueError(f"metrics must be a non-empty selection of {[*self.results, *present]}; got {asked!r}")
+        if not names and not extra:
+            raise ValueError("the report has nothing to draw (no per-element metric, no spectrum, no flips)")
         refs = dict(references or {})
+        panels = len(names) + len(extra)
         if self.element_values is not None:
-            fig, axes = _mpl.new_figure(1, len(names), figsize=(4.4 * len(names), 3.3))
+            width = 4.4
+        else:
+            width = max(3.2, 0.55 * len(self.elements) + 1.6)
+        if extra:
+            width = max(width, 5.0)
+        height = 3.6 if extra else 3.3 if self.element_values is not None else 3.2
+        fig, axes = _mpl.new_figure(1, panels, figsize=(width * panels, height))
+        for ax, name in zip(axes[0][len(names) :], extra):
+            if name == "discover":
+                _draw_spectrum(self.spectrum, ax=ax)
+            else:
+                _draw_flips(self.flips, ax=ax)
+        if self.element_values is not None:
             for ax, name in zip(axes[0], names):
                 curve_panel(ax, {"model": self, **refs}, name)
             fig.suptitle(title or f"{self.group}, {self.n_samples} samples")
             return fig
-        fig, axes = _mpl.new_figure(
-            1, len(names), figsize=(max(3.2, 0.55 * len(self.elements) + 1.6) * len(names), 3.2)
-        )
         for ax, name in zip(axes[0], names):
             res = self.results[name]
             series = {"model": res["per_element"]}
@@ -259,10 +323,10 @@ class InvarianceReport:
                 values.append(cell(n, entry if index is None or entry is None else entry[index]))
             return label.ljust(width) + "".join(values)
 
-        lines = [
-            f"Invariance report: {self.group}, {self.n_samples} samples",
-            "element".ljust(width) + "".join(f"{label:>{cols}}" for label in labels),
-        ]
+        lines = [f"Invariance report: {self.group}, {self.n_samples} samples"]
+        if not names:
+            return "\n".join(lines + self._robustness_lines())
+        lines.append("element".ljust(width) + "".join(f"{label:>{cols}}" for label in labels))
         for i, e in enumerate(self.elements):
             lines.append(row(e, "per_element", i))
         lines.append(row("mean", "mean"))
@@ -278,7 +342,30 @@ class InvarianceReport:
             lines.append(note + (f"; accuracy over all {n})" if "accuracy" in names else ")"))
         if any(k == "floor" for _, k in columns):
             lines.append("(floor: the metric of the round trip g^-1 (g x), what resampling alone explains)")
-        return "\n".join(lines)
+        return "\n".join(lines + self._robustness_lines())
+
+    def _robustness_lines(self) -> list[str]:
+        lines = []
+        if self.worst_case is not None:
+            w = self.worst_case
+            lines.append(
+                f"worst-of-k accuracy: {w.worst_case_accuracy:.4f} (clean {w.accuracy:.4f}): the share of samples "
+                f"classified correctly under all {len(w.elements)} measured elements"
+            )
+        if self.flips is not None:
+            d = self.flips.to_dict()
+            unit = {"degrees": "degrees", "log-scale": "|ln factor|", "steps": "steps"}[d["unit"]]
+            flipped = d["n_samples"] - d["never"]
+            text = f"smallest flip ({unit}, searched to {d['max_magnitude']:g}): {flipped} of {d['n_samples']} flip"
+            if d["median"] is not None:
+                text += f", median {d['median']:.4g} (10%-90%: {d['q10']:.4g}-{d['q90']:.4g})"
+            lines.append(text + f"; {d['never']} never")
+        if self.spectrum is not None:
+            values = " ".join(f"{v:.3g}" for v in self.spectrum.singular_values.tolist())
+            name, dist = self.spectrum.nearest()[0]
+            lines.append(f"symmetry spectrum (LieGG, most invariant first): {values}")
+            lines.append(f"most invariant generator: nearest {name} (distance {dist:.3f} of at most 1.414)")
+        return lines
 
 
 def _axis_label(group: str) -> str:
