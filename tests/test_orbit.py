@@ -43,7 +43,8 @@ def test_chunks_give_the_same_outputs_with_one_forward_per_chunk():
     model.calls.clear()
     chunked = ti.orbit_forward(model, group, x, chunk_size=3)
     assert model.calls == [6, 6, 4]
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+    # not bit equality: a matmul's rounding may depend on the batch size and a row's position (seen on AMD EPYC)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)
 
 
 def test_keeps_the_graph_and_works_on_1d_groups():

@@ -195,7 +195,24 @@ def test_item15_chunked_metrics_equal_the_whole_orbit():
     data = [(x, torch.zeros(5, dtype=torch.long))]
     a = ti.evaluate_invariance(model, dih, data, chunk_size=2, progress=False).to_dict()
     b = ti.evaluate_invariance(model, dih, data, progress=False).to_dict()
-    assert a == b
+    # equal up to the rounding of batched matmuls, which may depend on the batch size (seen on AMD EPYC)
+    flat_a, flat_b = _flat(a), _flat(b)
+    assert flat_a.keys() == flat_b.keys()
+    for key, value in flat_a.items():
+        expected = flat_b[key]
+        assert value == (pytest.approx(expected, rel=1e-12, abs=1e-15) if isinstance(value, float) else expected), key
+
+
+def _flat(d, prefix=""):
+    """``{"li/per_element/1": 0.26, ...}``: a nested dict or list as one level, for a comparison with tolerance."""
+    items = d.items() if isinstance(d, dict) else enumerate(d)
+    out = {}
+    for k, v in items:
+        if isinstance(v, (dict, list)):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def test_item16_default_report_is_cheap_and_si_is_capped():

@@ -171,8 +171,8 @@ def test_a_group_listing_the_identity_elsewhere_is_rejected_not_measured_against
         ti.evaluate_invariance(model, Listed([1, 2, 3, 0]), [(x, torch.zeros(3, dtype=torch.long))])
     # explicit elements in that order are measured against f(x): the identity's row is 0, every other row is not
     terms = measure(model, Listed([1, 2, 3, 0]), x, elements=[1, 2, 3, 0], reduction="none")
-    assert torch.equal(terms[3], torch.zeros(3, dtype=F64))
-    assert bool((terms[:3] > 0).all())
+    assert float(terms[3].abs().max()) < 1e-12  # 0 up to the rounding of batched matmuls (1e-16 on AMD EPYC)
+    assert bool((terms[:3] > 1e-6).all())
     torch.testing.assert_close(terms, measure(model, Listed([0, 1, 2, 3]), x, reduction="none")[[1, 2, 3, 0]])
 
 
