@@ -425,6 +425,9 @@ def _draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: s
         ax.set_xlim(math.exp(-span), math.exp(span))
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
         _mpl.plain_log_ticks(ax.xaxis)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of samples
     ax.set_xlabel(_AXES[unit])
     ax.set_ylabel("samples")
     reach = {

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for where, metrics in bad.items():
             names = ", ".join(labels.get(k, k) for k in metrics)
             print(f"audit: warning: {g['group']}: {names} of {where.replace('_', ' ')} not finite (see report.md)")
-    n_figures = sum(len(g["figures"]) for g in result["groups"])
+    n_figures = sum(len(g["figures"]) for g in result["groups"]) + int("figure" in result.get("discover", {}))
     figures = f"{n_figures} figure{'' if n_figures == 1 else 's'}"
     print(f"wrote report.json, report.md and {figures} to {cfg.out} in {result['seconds']:.1f} s")
     return 0

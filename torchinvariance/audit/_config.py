@@ -14,7 +14,9 @@ from typing import Any
 
 __all__ = ["ActionSpec", "AuditConfig", "AuditError", "GroupSpec", "build_parser", "parse_args"]
 
-METRICS = ("di", "li", "si")
+METRICS = ("di", "li", "si", "worst", "flip", "discover")
+#: measured on the model and the data only (no reference points): worst-of-k accuracy, smallest flip, LieGG spectrum
+ROBUSTNESS_METRICS = ("worst", "flip", "discover")
 DATA_CHOICES = "mnist | fmnist | folder:PATH | random"
 
 
@@ -213,7 +215,8 @@ class AuditConfig:
         data: ``mnist``, ``fmnist``, ``folder:PATH`` or ``random``.
         input_shape: ``(C, H, W)`` of one input.
         samples: number of samples.
-        metrics: a selection of ``("di", "li", "si")``; accuracy (with labels) and top-1 consistency always.
+        metrics: a selection of ``("di", "li", "si", "worst", "flip", "discover")``; accuracy (with labels) and
+            top-1 consistency always.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         out: the output folder.
         data_root: where ``mnist``/``fmnist`` are read from (torchvision's layout).
@@ -298,7 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input-shape", required=True, help="C,H,W of one input, e.g. 3,32,32")
     p.add_argument("--samples", type=int, required=True, help="number of samples to measure")
-    p.add_argument("--metrics", default="di,li", help="a selection of di,li,si (default di,li; SI costs ~200x)")
+    p.add_argument(
+        "--metrics",
+        default="di,li",
+        help="a selection of di,li,si,worst,flip,discover (default di,li; SI costs ~200x). worst: worst-of-k "
+        "accuracy over the measured elements (needs labels); flip: each sample's smallest flipping angle, factor or "
+        "shift (so2, scale and cyclic groups); discover: the LieGG symmetry spectrum of the model on the data",
+    )
     p.add_argument("--normalize", default="none", help="none | standardize | MEAN,...:STD,... (per channel)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per forward of the orbit (default 64)")

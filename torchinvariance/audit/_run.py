@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from torchinvariance._io import atomic_write as _atomic_write
 from torchinvariance.actions import OutputAction, resolve_output_action
-from torchinvariance.audit._config import ActionSpec, AuditConfig, AuditError, GroupSpec
+from torchinvariance.audit._config import ROBUSTNESS_METRICS, ActionSpec, AuditConfig, AuditError, GroupSpec
 from torchinvariance.audit._inputs import AuditData, build_model, describe_tensor, load_data, pick_device, random_like
 from torchinvariance.audit._verdict import CLEAR, ONE_CLASS, TOLERANCE, equivariance_verdict, verdicts
 from torchinvariance.groups import SO2, Group, Scale
@@ -34,6 +34,7 @@ from torchinvariance.models import GroupAveraged
 from torchinvariance.orbit import model_output, resolve_elements
 from torchinvariance.plot import saliency_orbit
 from torchinvariance.registry import get_group, list_groups
+from torchinvariance.robustness import check_flip_group
 from torchinvariance.testing import equivariance_error
 from torchinvariance.testing._checks import _measure
 
@@ -118,6 +119,14 @@ def _build_group(spec: GroupSpec, cfg: AuditConfig) -> Group:
         ) from exc
     if "si" in cfg.metrics and group.event_ndim != 2:
         raise AuditError(f"--group {spec.text!r} does not act on images (event_ndim={group.event_ndim}): drop si")
+    if "flip" in cfg.metrics and cfg.output_action.trivial:
+        try:
+            check_flip_group(group)
+        except TypeError as exc:
+            raise AuditError(
+                f"--metrics flip searches a one-parameter path: so2, scale or a cyclic group (rotation, translation, "
+                f"flip); --group {spec.text!r} is {group!r}: drop flip (worst covers its elements) or audit it alone"
+            ) from exc
     return group
 
 
@@ -444,6 +453,32 @@ def _with_failures(report: InvarianceReport, failed: dict[str, str]) -> dict[str
     return d
 
 
+def _robustness(
+    model: Any, group: Group, x: Tensor, y: Tensor | None, names: list[str], cfg: AuditConfig, elements: list | None
+) -> tuple[InvarianceReport | None, str | None]:
+    """The report of the robustness metrics ``names`` of the model on the data, or ``None`` and why not finite."""
+    try:
+        report = evaluate_invariance(
+            model,
+            group,
+            _batches(x, y, cfg.batch_size),
+            metrics=names,
+            device=x.device,
+            progress=False,
+            include_identity=cfg.include_identity,
+            elements=elements,
+        )
+    except (ValueError, torch.linalg.LinAlgError) as exc:
+        if isinstance(exc, ValueError) and not _NON_FINITE.search(str(exc)):
+            raise
+        text = " ".join(str(exc).split())
+        return None, text if len(text) <= 400 else text[:400] + " ..."
+    spectrum = report.spectrum
+    if spectrum is not None and not bool(torch.isfinite(spectrum.singular_values).all()):
+        return None, "the Lie derivatives of the model's outputs are not finite (inf or NaN)"
+    return report, None
+
+
 def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     """Measure every group of ``cfg`` and write ``report.json``, ``report.md`` and the figures to ``cfg.out``.
 
@@ -473,13 +508,20 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     data: AuditData = load_data(cfg, n_classes)
     x = data.x.to(device)
     y = None if data.y is None else data.y.to(device)
+    equivariant = not cfg.output_action.trivial
+    robust = [] if equivariant else [m for m in cfg.metrics if m in ROBUSTNESS_METRICS]
+    if "worst" in robust and y is None:
+        raise AuditError(
+            f"--metrics worst (worst-of-k accuracy) needs labelled data: mnist, fmnist or folder:PATH; {data.source} "
+            "has no labels. Drop worst, or use flip (which compares the model's own predictions)"
+        )
     noise = random_like(data.x, cfg.seed).to(device)
     _remove_stale_reports(out)  # every input is checked: from here on the folder holds no report until the new one
     figures: dict[str, bytes] = {}  # the PNGs, written with the report at the end
-    equivariant = not cfg.output_action.trivial
-    names = [] if equivariant else ["accuracy", "consistency", *cfg.metrics]
+    names = [] if equivariant else ["accuracy", "consistency", *(m for m in cfg.metrics if m not in robust)]
+    per_group = [m for m in robust if m != "discover"]  # the spectrum does not depend on the group: measured once
     si = "si" in names
-    steps = len(groups) * (3 + int(si))
+    steps = len(groups) * (3 + int(si) + int(bool(per_group))) + int("discover" in robust)
     result: dict[str, Any] = {
         "torchinvariance_audit": 1,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -529,6 +571,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                 "group_averaged_over": "the whole group" if over is None else [group.element_name(g) for g in over],
             }
             title = _plural(x.shape[0], "sample")
+            flip_fig = None
             if action is None:
                 averaged = GroupAveraged(model, group, elements=over)
                 bar.set_postfix_str(f"{spec.text}: model")
@@ -561,6 +604,17 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                         references={REFERENCES[k]: reports[k] for k in REFERENCES},
                         title=f"{spec.text}: model vs group-averaged vs random inputs ({title})",
                     )
+                if per_group:
+                    bar.set_postfix_str(f"{spec.text}: {', '.join(per_group)}")
+                    rob, why = _robustness(model, group, x, y, per_group, cfg, chosen)
+                    bar.update()
+                    if rob is None:
+                        entry["robustness_not_finite"] = why
+                    else:
+                        d = rob.to_dict()
+                        entry.update({k: d[k] for k in per_group})
+                        if rob.flips is not None:  # listed after the per-element figure
+                            flip_fig = rob.flips.plot(title=f"{spec.text}: smallest change of the prediction ({title})")
             else:
                 bar.set_postfix_str(f"{spec.text}: model")
                 eq = {"model": _equivariance(model, group, x, action, chosen, cfg)}
@@ -597,6 +651,9 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                 _legends_below(fig)
                 figures[name] = _png(fig)
                 entry["figures"].append(name)
+            if flip_fig is not None:
+                figures[f"{spec.slug}_flips.png"] = _png(flip_fig)
+                entry["figures"].append(f"{spec.slug}_flips.png")
             if si and "si" in failed["model"]:  # its integrated gradients are not finite either
                 entry["figures_not_drawn"] = [f"{spec.slug}_saliency.png: SI of the model is not finite"]
                 bar.update()
@@ -616,6 +673,19 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
                 entry["figures"].append(name)
                 bar.update()
             result["groups"].append(entry)
+        if "discover" in robust:
+            bar.set_postfix_str("symmetry spectrum")
+            spec, group, chosen, _ = groups[0]  # the spectrum is the model's on the data, whatever the group
+            rob, why = _robustness(model, group, x, y, ["discover"], cfg, chosen)
+            bar.update()
+            if rob is None or rob.spectrum is None:
+                result["discover"] = {"not_finite": why}
+            else:
+                result["discover"] = rob.to_dict()["discover"]
+                figures["symmetry_spectrum.png"] = _png(
+                    rob.spectrum.plot(title=f"LieGG symmetry spectrum of the model ({_plural(x.shape[0], 'sample')})")
+                )
+                result["discover"]["figure"] = "symmetry_spectrum.png"
     result["seconds"] = round(time.perf_counter() - started, 3)
     _publish(out, figures, result)
     return result
@@ -711,7 +781,57 @@ def markdown(result: dict[str, Any]) -> str:
     for g in result["groups"]:
         lines += _equivariance_markdown(g) if "equivariance" in g else _invariance_markdown(g)
         lines += [f"![{name}]({name})" for name in g["figures"]]
+    if "discover" in result:
+        lines += _discover_markdown(result["discover"])
     return "\n".join(lines) + "\n"
+
+
+_FLIP_UNITS = {"degrees": "degrees", "log-scale": "|ln factor|", "steps": "steps"}
+
+
+def _robustness_markdown(g: dict[str, Any]) -> list[str]:
+    """The worst-of-k accuracy and the smallest flips of the model on the data, for one group."""
+    if "worst" not in g and "flip" not in g and "robustness_not_finite" not in g:
+        return []
+    lines = ["Worst case and smallest flip (the model on the data):", ""]
+    if "robustness_not_finite" in g:
+        return [*lines, f"- **not finite** (inf or NaN), so no value: {g['robustness_not_finite']}"]
+    if "worst" in g:
+        w = g["worst"]
+        lines.append(
+            f"- worst-of-k accuracy {_fmt(w['worst_case_accuracy'])} (clean {_fmt(w['accuracy'])}): the share of "
+            f"samples classified correctly under all {_plural(len(w['per_element']), 'measured element')}"
+        )
+    if "flip" in g:
+        f = g["flip"]
+        unit = _FLIP_UNITS[f["unit"]]
+        flipped = f["n_samples"] - f["never"]
+        text = (
+            f"- smallest flip, searched up to {f['max_magnitude']:g} {unit} both ways: {flipped} of "
+            f"{_plural(f['n_samples'], 'sample')} change their prediction"
+        )
+        if f["median"] is not None:
+            text += f", median {f['median']:.4g} {unit} (10%-90%: {f['q10']:.4g}-{f['q90']:.4g})"
+        lines.append(text + f"; {f['never']} never")
+    return lines
+
+
+def _discover_markdown(d: dict[str, Any]) -> list[str]:
+    lines = ["", "## Discovered symmetries (LieGG)", ""]
+    if "not_finite" in d:
+        return [*lines, f"**Not finite** (inf or NaN), so no spectrum: {d['not_finite']}", ""]
+    lines += [
+        "The model's rms Lie derivative along each of six affine generators (its symmetry variance; small: nearly "
+        "invariant along it), most invariant first, with the nearest of rotation, scaling and translation and the "
+        "distance to it (0: that generator exactly; at most 1.414). It does not depend on the groups above: it "
+        "measures infinitesimal invariance, which a model invariant to a finite group need not have.",
+        "",
+        "| generator | symmetry variance | nearest | distance |",
+        "|---|---:|---|---:|",
+    ]
+    for i, (value, (name, dist)) in enumerate(zip(d["singular_values"], d["nearest"])):
+        lines.append(f"| s{i + 1} | {_fmt(value)} | {name} | {dist:.3f} |")
+    return [*lines, "", f"![{d['figure']}]({d['figure']})", ""]
 
 
 def _how_to_read(result: dict[str, Any]) -> str:
@@ -808,6 +928,9 @@ def _invariance_markdown(g: dict[str, Any]) -> list[str]:
             label = dict((k, lab) for k, lab, _ in _ROWS)[key]
             lines += ["", f"**{label} of the {_REF_NAMES[ref]} is not finite** (inf or NaN), so it has no value: {why}"]
     lines += ["", f"<!-- end of summary {g['group']} -->"]
+    robustness = _robustness_markdown(g)
+    if robustness:
+        lines += ["", *robustness]
     model = g["model"]
     columns = []  # (label, values)
     if "element_values" in model:
