@@ -405,3 +405,12 @@ def test_equivariance_verdict_rules():
     v = entry(0.05, 0.002, 0.5, floor=0.01)
     assert "above the interpolation floor" in v
     assert entry(None, 0.0, 0.0) == "equivariance error: not finite for the model; no verdict."
+
+
+def test_unit_after_a_value():
+    from torchinvariance.audit._run import _unit
+
+    assert _unit(1, "steps") == "step" and _unit(2, "steps") == "steps" and _unit(1.0, "steps") == "step"
+    assert (
+        _unit(1, "degrees") == "degree" and _unit(1.5, "steps") == "steps" and _unit(1, "|ln factor|") == "|ln factor|"
+    )

@@ -305,3 +305,19 @@ def test_flip_summary_and_signed_parameter_against_the_fields():
         1e-4,
     )
     torch.testing.assert_close(scale.signed[[0, 1, 3]], torch.tensor([0.1, -0.3, 0.2], dtype=DT).exp())
+
+
+def test_smallest_flip_on_so2_with_the_circle_mask_is_not_flipped_by_the_mask():
+    """A model that reads only the corners, which every non-identity rotation zeroes: the mask, not the rotation,
+    changes what it sees. Before the inputs were masked first, every sample 'flipped' at about 1e-3 degrees."""
+    corners = ~ti.get_group("so2").disk(12, torch.device("cpu"), torch.bool)
+    x = torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(0)) - 3.0 * corners  # corners < 0
+
+    def model(x):
+        s = (x * corners).sum((-3, -2, -1))
+        return torch.stack([s, -s], -1)  # class 1 while the corners sum below 0, class 0 once they are 0
+
+    assert bool((model(x).argmax(1) == 1).all())
+    result = ti.smallest_flip(model, ti.get_group("so2"), x)
+    assert torch.isinf(result.magnitude).all(), result.magnitude  # the masked corners are 0 at every angle
+    assert bool((result.prediction == 0).all())  # compared against the masked input's prediction

@@ -499,8 +499,10 @@ def smallest_flip(
     the flipping end is returned (so :math:`t^*` is found within ``tol``, unless a flip region narrower than the
     grid spacing lies before the first flipping grid point). A cyclic group is scanned exactly, element by element.
     Where nothing flips within ``max_magnitude``, ``magnitude`` is ``inf``, ``element`` is ``nan`` and
-    ``direction`` is 0. For ``so2`` with ``mask="circle"``, give inputs that are zero outside the disk
-    (:meth:`~torchinvariance.SO2.mask_input`): every non-identity rotation masks the corners.
+    ``direction`` is 0. For ``so2`` with ``mask="circle"`` every non-identity rotation zeroes the corners, so a
+    turn by :math:`10^{-4}` degrees would already change an input with anything outside the disk and "flip" at
+    :math:`t \to 0`: the inputs are masked to the disk first (:meth:`~torchinvariance.SO2.mask_input`, which
+    leaves inputs that are zero there as they are), and the prediction compared against is that of the masked input.
 
     Args:
         model: a classifier mapping ``(N, ...)`` to scores ``(N, C)``.
@@ -541,6 +543,8 @@ def smallest_flip(
     path = _Path(group)
     t_max = path.default_max if max_magnitude is None else max_magnitude
     _check_positive("max_magnitude", t_max, integer=path.unit == "steps")
+    if isinstance(group, SO2) and group.mask == "circle":
+        x = group.mask_input(x)  # else the mask itself, not the rotation, would flip predictions at t -> 0
     with measuring(model, eval_mode), torch.no_grad():
         pred = _predict(model, x)
         if path.unit == "steps":

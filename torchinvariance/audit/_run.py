@@ -724,6 +724,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _unit(value: float, unit: str) -> str:
+    """``unit`` after ``value``: "1 step", "2 steps", "1 degree" (a plural unit loses its s after exactly 1)."""
+    return unit[:-1] if value == 1 and unit.endswith("s") else unit
+
+
 def _share(stats: dict[str, Any]) -> str:
     """``0.97 (class 3)``: the share of the most frequent top-1 class on the untransformed inputs."""
     if stats.get("majority_share") is None:
@@ -807,11 +812,12 @@ def _robustness_markdown(g: dict[str, Any]) -> list[str]:
         unit = _FLIP_UNITS[f["unit"]]
         flipped = f["n_samples"] - f["never"]
         text = (
-            f"- smallest flip, searched up to {f['max_magnitude']:g} {unit} both ways: {flipped} of "
+            f"- smallest flip, searched up to {f['max_magnitude']:g} {_unit(f['max_magnitude'], unit)} both ways: "
+            f"{flipped} of "
             f"{_plural(f['n_samples'], 'sample')} change their prediction"
         )
         if f["median"] is not None:
-            text += f", median {f['median']:.4g} {unit} (10%-90%: {f['q10']:.4g}-{f['q90']:.4g})"
+            text += f", median {f['median']:.4g} {_unit(f['median'], unit)} (10%-90%: {f['q10']:.4g}-{f['q90']:.4g})"
         lines.append(text + f"; {f['never']} never")
     return lines
 
