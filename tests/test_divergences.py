@@ -79,3 +79,28 @@ def test_detached_denominator_has_the_same_value_and_no_gradient_through_the_nor
     torch.testing.assert_close(gb, 2 * (fx.detach() - fgx) / denom)  # only the numerator is differentiated
     (ga,) = torch.autograd.grad(a.sum(), fx)
     assert not torch.allclose(ga, gb)
+
+
+@pytest.mark.parametrize("name", ["l2", "normalized_l2"])  # kl needs logits (B, C)
+def test_one_value_per_sample_outputs_broadcast_like_the_per_sample_form(name):
+    # a regression model returns (B,), one scalar per sample: the orbit outputs are (n, B) with no feature dim
+    g = torch.Generator().manual_seed(2)
+    fx = torch.randn(5, generator=g, dtype=F64)
+    fgx = torch.randn(3, 5, generator=g, dtype=F64)
+    ref = torch.stack([DIVERGENCES[name](fx, fgx[i]) for i in range(3)])
+    torch.testing.assert_close(orbit_divergence(name, fx, fgx), ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(orbit_divergence(name, fx, fgx, total=True), ref.sum(), rtol=1e-12, atol=1e-14)
+
+
+def test_scalar_output_models_work_in_the_loss_and_logit_invariance():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1), torch.nn.Flatten(0)).double()
+    rot = ti.get_group("rotation", order=4)
+    x = torch.randn(3, 1, 4, 4, dtype=F64)
+    fx = model(x)
+    rows = torch.stack([model(torch.rot90(x, k, (-2, -1))) for k in range(4)])  # (4, B)
+    ref = 0.5 * (rows - fx) ** 2
+    torch.testing.assert_close(ti.InvarianceLoss(model, rot, reduction="none")(x), ref)
+    torch.testing.assert_close(ti.logit_invariance(model, rot, x), ref[1:].mean())
+    norm = ti.InvarianceLoss(model, rot, divergence="normalized_l2", reduction="none")(x)
+    torch.testing.assert_close(norm, (rows - fx) ** 2 / fx**2)

@@ -155,9 +155,14 @@ DIVERGENCES: dict[str, DivergenceFn] = {
 
 
 # ------------------------------------------------------------------ broadcast kernels
-# f(x) (B, ...) against the orbit outputs (n, B, ...): terms -> (n, B), and fused totals (their sum)
+# f(x) (B, ...) against the orbit outputs (n, B, ...): terms -> (n, B), and fused totals (their sum). Outputs may be
+# one value per sample, (B,) and (n, B): the sums run over the dims after the batch, none of them then.
+def _orbit_flat(fgx: Tensor) -> Tensor:
+    return fgx.flatten(2) if fgx.dim() > 2 else fgx.unsqueeze(2)  # (n, B, features), also for an empty batch
+
+
 def _l2_terms(fx: Tensor, fgx: Tensor) -> Tensor:
-    return 0.5 * (fgx - fx).pow(2).flatten(2).sum(2)
+    return 0.5 * _orbit_flat(fgx - fx).pow(2).sum(2)
 
 
 def _l2_total(fx: Tensor, fgx: Tensor) -> Tensor:
@@ -165,7 +170,7 @@ def _l2_total(fx: Tensor, fgx: Tensor) -> Tensor:
 
 
 def _normalized_l2_terms(fx: Tensor, fgx: Tensor) -> Tensor:
-    return (fgx - fx).pow(2).flatten(2).sum(2) / fx.pow(2).flatten(1).sum(1).clamp_min(_EPS)
+    return _orbit_flat(fgx - fx).pow(2).sum(2) / _orbit_flat(fx[None]).pow(2).sum(2)[0].clamp_min(_EPS)
 
 
 def _kl_terms(fx: Tensor, fgx: Tensor) -> Tensor:
