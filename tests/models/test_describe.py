@@ -72,3 +72,18 @@ def test_float64_model_gets_float64_input():
     model = ti.MLP(in_shape=(1, 4, 4), num_classes=2, hidden=3).double()
     assert ti.models.describe(model, input_shape=(1, 1, 4, 4))["flops"] == mlp_flops(1, 16, 3, 5, 2)
     assert next(model.parameters()).dtype == torch.float64
+
+
+def test_counting_flops_leaves_the_model_as_it_was():
+    # describe() runs one forward on zeros in the model's own mode: in train mode that forward must not count as data
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(8, 3)
+    )
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(7.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert ti.models.describe(model, input_shape=(2, 1, 4, 4))["flops"] > 0
+    assert model.training and bn.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

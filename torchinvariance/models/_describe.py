@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from torchinvariance.orbit import frozen_buffers
+
 __all__ = ["ModelDescription", "describe"]
 
 
@@ -36,7 +38,8 @@ def describe(model: nn.Module, input_shape: Sequence[int] | None = None) -> Mode
     r"""Count the parameters of ``model`` and, given an input shape, the FLOPs of one forward pass.
 
     FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` on a zero input of shape ``input_shape``
-    (including the batch dimension), with the model in its current train/eval mode. A
+    (including the batch dimension), with the model in its current train/eval mode; its buffers (BatchNorm running
+    statistics) are left as they were, so describing a model in train mode does not change it. A
     matrix product of an :math:`m \times k` by a :math:`k \times n` matrix counts
 
     .. math:: \text{FLOPs} = 2 m k n
@@ -92,7 +95,7 @@ def describe(model: nn.Module, input_shape: Sequence[int] | None = None) -> Mode
     )
     # not under torch.no_grad(): FlopCounterMode's module tracker fails on modules that receive a parameter as input
     # (e.g. escnn's basis expansion) when autograd is disabled. The graph of one forward pass is simply discarded.
-    with FlopCounterMode(display=False) as counter:
+    with frozen_buffers(model), FlopCounterMode(display=False) as counter:
         model(x)
     desc["input_shape"] = tuple(input_shape)
     desc["flops"] = int(counter.get_total_flops())
