@@ -357,3 +357,26 @@ def test_si_and_di_li_with_explicit_elements_of_so2():
     for fn in (ti.logit_invariance, ti.distribution_invariance):
         with pytest.raises(ValueError, match="continuous: pass elements="):
             fn(model, so2, x)
+
+
+@pytest.mark.parametrize("backend", ["torch", "captum"])
+def test_models_returning_a_dict_or_an_object_with_logits_are_attributed_like_di_and_li_read_them(backend):
+    # DI and LI read the logits of {"logits": ...} or of an object with .logits (a Hugging Face ModelOutput); SI too
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    model = mlp(36, classes=3, dtype=F64)
+    as_dict = lambda z: {"logits": model(z), "hidden": z}  # noqa: E731
+    as_object = lambda z: Out(model(z))  # noqa: E731
+    rot = ti.get_group("rotation", order=4)
+    x = image_batch()
+    expected_map = ti.saliency_map(model, x, n_steps=4, backend=backend)
+    expected_si = ti.saliency_invariance(model, rot, x, n_steps=4, reduction="none", backend=backend)
+    for wrapped in (as_dict, as_object):
+        torch.testing.assert_close(ti.saliency_map(wrapped, x, n_steps=4, backend=backend), expected_map)
+        si = ti.saliency_invariance(wrapped, rot, x, n_steps=4, reduction="none", backend=backend)
+        torch.testing.assert_close(si, expected_si)
+    metric = ti.SaliencyInvariance(as_dict, rot, n_steps=4, backend=backend)
+    metric.update(x)
+    torch.testing.assert_close(metric.compute(), expected_si[1:].mean().float())

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from torchinvariance.orbit import model_output
+
 __all__ = ["integrated_gradients"]
 
 # Default IG chunking: at most this many input scalars per forward/backward pass (~32 MB in float32).
@@ -131,7 +133,15 @@ def integrated_gradients(
     internal_batch_size: int | None,
     backend: str = "torch",
 ) -> Tensor:
-    """Integrated gradients of the whole batch ``x`` with the chosen backend (one call, chunked steps)."""
+    """Integrated gradients of the whole batch ``x`` with the chosen backend (one call, chunked steps).
+
+    The model's output is read as everywhere else (:func:`~torchinvariance.orbit.model_output`): a tensor, or the
+    logits of a dict or of an object with ``logits`` (a Hugging Face ``ModelOutput``).
+    """
+
+    def logits(z: Tensor) -> Tensor:
+        return model_output(model(z), z.shape[0])
+
     if backend == "captum":
-        return _integrated_gradients_captum(model, x, target, n_steps, internal_batch_size)
-    return _integrated_gradients_torch(model, x, target, n_steps, internal_batch_size)
+        return _integrated_gradients_captum(logits, x, target, n_steps, internal_batch_size)
+    return _integrated_gradients_torch(logits, x, target, n_steps, internal_batch_size)
