@@ -218,3 +218,15 @@ def test_integer_and_bool_images_keep_their_dtype(name, dtype):
         labels = ti.get_group("so2").mask_input(x)
         turned = ti.get_group("so2", interpolation="nearest").act(90.0, labels)
         assert torch.equal(turned, torch.rot90(labels, 1, (-2, -1)))
+
+
+@pytest.mark.parametrize("name", ["so2", "scale"])
+def test_act_per_sample_on_an_empty_batch_is_empty_like_for_a_finite_group(name):
+    group = ti.get_group(name)
+    x = torch.randn(0, 1, 8, 8, dtype=torch.float64)
+    for gs in ([], torch.zeros(0, dtype=torch.float64)):
+        out = group.act_per_sample(gs, x)
+        assert out.shape == x.shape and out.dtype == x.dtype
+    assert ti.get_group("rotation", order=4).act_per_sample([], x).shape == x.shape
+    with pytest.raises(ValueError, match="one element per sample: got 1 elements for a batch of 0"):
+        group.act_per_sample([group.identity], x)

@@ -163,6 +163,8 @@ class Group(abc.ABC):
                     f"act_per_sample needs one element per sample: got {len(gs_list)} elements for a batch of "
                     f"{x.shape[0]}"
                 )
+            if not gs_list:  # an empty batch, as for a finite group
+                return x.clone()
             return torch.cat([self.transform(self.check_element(g), x[i : i + 1]) for i, g in enumerate(gs_list)])
         if isinstance(gs, Tensor):
             if gs.is_floating_point() or gs.is_complex() or gs.dtype == torch.bool:
