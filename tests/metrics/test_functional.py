@@ -203,3 +203,22 @@ def test_li_differences_are_taken_in_float64_so_large_float32_logits_stay_finite
     assert li_terms(fx, torch.stack([fx, -fx])).dtype == F64
     # test the tester: at 1e20 the value itself is beyond float32, and the function says so with inf
     assert torch.isinf(ti.logit_invariance(_antisymmetric(1e20), flip, x))
+
+
+def test_interpolation_floor_checks_its_batch_and_elements_like_the_metrics():
+    model = mlp(16, classes=3, dtype=F64)
+    rot, so2 = ti.get_group("rotation", order=4), ti.get_group("so2")
+    x = torch.randn(2, 1, 4, 4, dtype=F64)
+    for group in (rot, so2):  # an exact group used to return NaN or 0 without looking, so2 a range() error
+        with pytest.raises(ValueError, match="elements must not be empty"):
+            ti.interpolation_floor(model, group, x, elements=[])
+        with pytest.raises(ValueError, match=r"needs a non-empty batch \(B, \.\.\.\)"):
+            ti.interpolation_floor(model, group, x[:0], elements=[1])
+        with pytest.raises(TypeError, match=r"needs a torch\.Tensor batch"):
+            ti.interpolation_floor(model, group, [1.0, 2.0], elements=[1])
+        with pytest.raises(ValueError, match="square images"):
+            ti.interpolation_floor(model, group, torch.randn(2, 1, 4, 5, dtype=F64), elements=[1])
+    with pytest.raises(TypeError, match="elements must be a sequence of group elements"):
+        ti.interpolation_floor(model, so2, x, elements="30")  # not the angles 3 and 0
+    assert float(ti.interpolation_floor(model, rot, x)) == 0.0
+    assert ti.interpolation_floor(model, so2, x, elements=[30.0, 60.0], reduction="none").shape == (2, 2)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torchinvariance.divergences import Reduction, check_logits, check_reduction, orbit_divergence, reduce
 from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._reduction import averaged_rows, reduce_terms
-from torchinvariance.orbit import measuring, model_output, orbit_forward, resolve_elements
+from torchinvariance.orbit import check_batch, measuring, model_output, orbit_forward, resolve_elements
 
 __all__ = [
     "di_terms",
@@ -341,6 +341,12 @@ def interpolation_floor(
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(n, B)`` for ``"none"`` (detached: a reference value).
 
+    Raises:
+        ValueError: bad ``metric`` or ``reduction``, a batch the group cannot act on (also for an exact group, whose
+            floor needs no forward), an empty element list or an element the group rejects, no ``elements`` for a
+            continuous group.
+        TypeError: ``x`` is not a tensor, ``elements`` is not a sequence.
+
     Example:
         >>> import torch, torchinvariance as ti
         >>> so2 = ti.get_group("so2")
@@ -356,11 +362,10 @@ def interpolation_floor(
     ensure_group(group)
     if metric not in ("li", "di"):
         raise ValueError(f"metric must be 'li' or 'di', got {metric!r}")
-    if elements is None:
-        if not group.is_finite:
-            raise ValueError(f"{group!r} is continuous: pass elements= to measure its interpolation floor")
-        elements = list(group.elements())
-    els = [group.check_element(g) for g in elements]
+    check_batch(group, x)
+    if elements is None and not group.is_finite:
+        raise ValueError(f"{group!r} is continuous: pass elements= to measure its interpolation floor")
+    els = resolve_elements(group, elements)  # the checks of the metrics: a sequence, not empty, each an element
     if group.exact:  # the round trip is the identity, bit for bit: nothing to measure
         return reduce(
             x.new_zeros((len(els), x.shape[0]), dtype=torch.float32 if not x.is_floating_point() else x.dtype),
