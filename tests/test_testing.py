@@ -334,3 +334,16 @@ def test_disk_mask_arguments():
     # on an exact group the disk is opt-in, and a pointwise net passes with or without it
     for mask in ("auto", None, "circle"):
         ti.assert_equivariant(pointwise_with_bias(), rot, x, mask=mask)
+
+
+def test_relative_errors_of_integer_outputs_are_floats():
+    # a model returning class indices (argmax): relative=True divided with torch.finfo of an integer dtype (TypeError)
+    rot = ti.get_group("rotation", order=4)
+    x = torch.arange(32.0).reshape(2, 1, 4, 4)
+    model = lambda z: z.flatten(1)[:, :2].round().long()  # noqa: E731
+    absolute = ti.invariance_error(model, rot, x)
+    relative = ti.invariance_error(model, rot, x, relative=True)
+    assert absolute.dtype == torch.long and relative.dtype == torch.float32
+    torch.testing.assert_close(relative, absolute.float() / 17.0)  # max |f(x)| = 17, the second pixel of sample 1
+    rel_eq = ti.equivariance_error(model, rot, x, "trivial", relative=True)
+    torch.testing.assert_close(rel_eq, relative)

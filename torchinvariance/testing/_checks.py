@@ -132,6 +132,13 @@ def _measure(
     return deviation, scale, els, out.dtype, floor
 
 
+def _relative(deviation: Tensor, scale: Tensor) -> Tensor:
+    """``deviation / max|f(x)|``; integer outputs (class indices) give float32 ratios."""
+    if not deviation.is_floating_point():
+        deviation, scale = deviation.float(), scale.float()
+    return deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
+
+
 def invariance_error(
     model: Callable[[Tensor], Tensor],
     group: Group,
@@ -188,7 +195,7 @@ def invariance_error(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     deviation, scale, _, _, _ = _measure(model, group, x, elements, dtype, eval_mode)
     if relative:
-        deviation = deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
+        deviation = _relative(deviation, scale)
     return deviation.amax(1) if reduction == "max" else deviation
 
 
@@ -366,7 +373,7 @@ def equivariance_error(
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     deviation, scale, _, _, _ = _measure(model, group, x, elements, dtype, eval_mode, output_action, mask)
     if relative:
-        deviation = deviation / scale.clamp_min(torch.finfo(deviation.dtype).tiny)
+        deviation = _relative(deviation, scale)
     return deviation.amax(1) if reduction == "max" else deviation
 
 
