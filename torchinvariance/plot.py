@@ -35,9 +35,9 @@ from torchinvariance.metrics import (
 )
 from torchinvariance.metrics._report_type import curve_panel
 from torchinvariance.orbit import model_output
-from torchinvariance.robustness import FlipResult, _draw_flips
+from torchinvariance.robustness import FlipResult, draw_flips
 from torchinvariance.spectral import jacobian_spectral_norm
-from torchinvariance.symmetry import SymmetrySpectrum, _draw_spectrum
+from torchinvariance.symmetry import SymmetrySpectrum, draw_spectrum
 
 __all__ = [
     "drift",
@@ -495,7 +495,7 @@ def symmetry_spectrum(
         >>> len(fig.axes[0].patches), len(fig.axes[0].get_legend().get_texts())
         (12, 2)
     """
-    return _draw_spectrum(spectra, relative=relative, log=log, ax=ax, title=title)
+    return draw_spectrum(spectra, relative=relative, log=log, ax=ax, title=title)
 
 
 def flip_histogram(
@@ -541,4 +541,4 @@ def flip_histogram(
         >>> int(sum(p.get_height() for p in ax.patches)) == int(flips.flipped.sum())
         True
     """
-    return _draw_flips(flips, bins=bins, ax=ax, title=title)
+    return draw_flips(flips, bins=bins, ax=ax, title=title)

@@ -329,7 +329,7 @@ class FlipResult:
         Returns:
             A :class:`matplotlib.figure.Figure`.
         """
-        return _draw_flips(self, bins=bins, ax=ax, title=title)
+        return draw_flips(self, bins=bins, ax=ax, title=title)
 
 
 def check_flip_group(group: Group) -> None:
@@ -357,7 +357,7 @@ def _nice_span(found: float, t_max: float, unit: str) -> float:
     return t_max
 
 
-def _draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: str | None = None) -> Any:
+def draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: str | None = None) -> Any:
     """Histograms of ``FlipResult.signed`` of one result or ``{label: result}`` (see ``plot.flip_histogram``)."""
     if isinstance(flips, FlipResult):
         named, single = {"model": flips}, True

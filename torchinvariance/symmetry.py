@@ -130,7 +130,7 @@ class SymmetrySpectrum:
         Returns:
             A :class:`matplotlib.figure.Figure`.
         """
-        return _draw_spectrum(self, relative=relative, log=log, ax=ax, title=title)
+        return draw_spectrum(self, relative=relative, log=log, ax=ax, title=title)
 
 
 def affine_coordinates(
@@ -305,7 +305,7 @@ def _spectrum(lie: Tensor) -> SymmetrySpectrum:
 _SHORT = {"rotation": "rotation", "scaling": "scaling", "translation": "shift"}
 
 
-def _draw_spectrum(
+def draw_spectrum(
     spectra: Any, *, relative: bool = False, log: bool | None = None, ax: Any = None, title: str | None = None
 ) -> Any:
     """Bars of the singular values of one spectrum or ``{label: spectrum}`` (see ``plot.symmetry_spectrum``)."""

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torchinvariance._mpl as _mpl
-from torchinvariance.robustness import FlipResult, WorstCaseResult, _draw_flips
-from torchinvariance.symmetry import SymmetrySpectrum, _draw_spectrum
+from torchinvariance.robustness import FlipResult, WorstCaseResult, draw_flips
+from torchinvariance.symmetry import SymmetrySpectrum, draw_spectrum
 
 __all__ = ["METRICS", "ROBUSTNESS", "InvarianceReport"]
 
@@ -262,9 +262,9 @@ class InvarianceReport:
         fig, axes = _mpl.new_figure(1, panels, figsize=(width * panels, height))
         for ax, name in zip(axes[0][len(names) :], extra):
             if name == "discover":
-                _draw_spectrum(self.spectrum, ax=ax)
+                draw_spectrum(self.spectrum, ax=ax)
             else:
-                _draw_flips(self.flips, ax=ax)
+                draw_flips(self.flips, ax=ax)
         if self.element_values is not None:
             for ax, name in zip(axes[0], names):
                 curve_panel(ax, {"model": self, **refs}, name)
