@@ -222,3 +222,23 @@ def test_interpolation_floor_checks_its_batch_and_elements_like_the_metrics():
         ti.interpolation_floor(model, so2, x, elements="30")  # not the angles 3 and 0
     assert float(ti.interpolation_floor(model, rot, x)) == 0.0
     assert ti.interpolation_floor(model, so2, x, elements=[30.0, 60.0], reduction="none").shape == (2, 2)
+
+
+def test_interpolation_floor_means_over_the_elements_the_metric_means_over():
+    """The floor is read against LI/DI, whose mean skips the identity: so does the floor's (it halved before)."""
+    so2 = ti.get_group("so2")
+    model = mlp(64, dtype=F64)
+    x = so2.mask_input(torch.randn(4, 1, 8, 8, dtype=F64))
+    per = ti.interpolation_floor(model, so2, x, elements=[0.0, 30.0], reduction="none")
+    assert float(per[0].abs().max()) == 0.0 and float(per[1].min()) > 0  # the identity's round trip is exact
+    torch.testing.assert_close(ti.interpolation_floor(model, so2, x, elements=[0.0, 30.0]), per[1].mean())
+    torch.testing.assert_close(
+        ti.interpolation_floor(model, so2, x, elements=[0.0, 30.0], include_identity=True), per.mean()
+    )
+    torch.testing.assert_close(
+        ti.interpolation_floor(model, so2, x, elements=[0.0, 30.0], reduction="sum"), per[1].sum()
+    )
+    li = ti.logit_invariance(model, so2, x, elements=[0.0, 30.0], reduction="none")
+    assert ti.logit_invariance(model, so2, x, elements=[0.0, 30.0]) == li[1].mean()  # the convention it follows
+    with pytest.raises(ValueError, match="only the identity"):
+        ti.interpolation_floor(model, so2, x, elements=[0.0])

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from torchinvariance.divergences import Reduction, check_logits, check_reduction, orbit_divergence, reduce
+from torchinvariance.divergences import Reduction, check_logits, check_reduction, orbit_divergence
 from torchinvariance.groups import Group, ensure_group
 from torchinvariance.metrics._reduction import averaged_rows, reduce_terms
 from torchinvariance.orbit import check_batch, measuring, model_output, orbit_forward, resolve_elements
@@ -316,6 +316,7 @@ def interpolation_floor(
     reduction: Reduction = "mean",
     *,
     eval_mode: bool = True,
+    include_identity: bool = False,
 ) -> Tensor:
     r"""The part of DI or LI that resampling alone explains: the metric of the round trip :math:`g^{-1} (g x)`.
 
@@ -337,6 +338,8 @@ def interpolation_floor(
         metric: ``"li"`` or ``"di"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (``(n, B)``).
         eval_mode: as for :func:`logit_invariance`.
+        include_identity: as for :func:`logit_invariance`: ``"mean"`` and ``"sum"`` run over the non-identity
+            elements by default, like the metric the floor is read against (the identity's floor is 0).
 
     Returns:
         Scalar for ``"mean"``/``"sum"``, ``(n, B)`` for ``"none"`` (detached: a reference value).
@@ -366,13 +369,12 @@ def interpolation_floor(
     if elements is None and not group.is_finite:
         raise ValueError(f"{group!r} is continuous: pass elements= to measure its interpolation floor")
     els = resolve_elements(group, elements)  # the checks of the metrics: a sequence, not empty, each an element
+    rows = averaged_rows(group, els, include_identity)
     if group.exact:  # the round trip is the identity, bit for bit: nothing to measure
-        return reduce(
-            x.new_zeros((len(els), x.shape[0]), dtype=torch.float32 if not x.is_floating_point() else x.dtype),
-            reduction,
-        )
+        zeros = x.new_zeros((len(els), x.shape[0]), dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+        return reduce_terms(zeros, reduction, rows)
     with torch.no_grad(), measuring(model, eval_mode):
         fx = orbit_forward(model, group, x, [group.identity])[0]
         back = round_trip_outputs(model, group, x, els)
     terms = di_terms(fx, back) if metric == "di" else li_terms(fx, back)
-    return reduce(terms, reduction).to(_result_dtype(fx))
+    return reduce_terms(terms, reduction, rows).to(_result_dtype(fx))
