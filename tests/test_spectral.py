@@ -129,3 +129,30 @@ def test_proposition_3_1_logit_invariance_descent_never_increases_spectral_norm(
 def test_proposition_3_1_check_can_fail():
     norms, _ = _logit_invariance_descent(-1, steps=5)  # gradient ASCENT on LI increases the norm
     assert (np.diff(norms) > 0).all()
+
+
+@pytest.mark.parametrize("method", ["exact", "power"])
+def test_a_train_mode_batchnorm_model_is_measured_in_eval_mode_and_left_as_it_was(method):
+    """Before: a train-mode BatchNorm failed on the one-sample probe ("Expected more than 1 value per channel")."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+        model[1].running_var.fill_(2.0)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 4, dtype=torch.float64)
+    got = ti.jacobian_spectral_norm(model, x, method=method)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no running statistic moved
+    # eval mode: the model is affine, J = W2 diag(gamma / sqrt(var + eps)) W1 for every sample
+    w = (
+        model[2].weight
+        @ torch.diag(model[1].weight / torch.sqrt(model[1].running_var + model[1].eps))
+        @ model[0].weight
+    )
+    expected = torch.linalg.matrix_norm(w.detach(), ord=2)
+    torch.testing.assert_close(got, expected.expand(5), rtol=1e-6, atol=1e-9)
+    # eval_mode=False keeps train mode: the batch statistics couple the samples, and one sample cannot be probed
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        ti.jacobian_spectral_norm(model, x, method=method, eval_mode=False)

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from torchinvariance.orbit import measuring
+
 __all__ = ["jacobian_spectral_norm", "weight_spectral_norms"]
 
 Method = Literal["auto", "exact", "power"]
@@ -91,6 +93,8 @@ def jacobian_spectral_norm(
     n_iter: int = 100,
     tol: float | None = None,
     generator: torch.Generator | None = None,
+    *,
+    eval_mode: bool = True,
 ) -> Tensor:
     r"""Per-sample largest singular value of the input Jacobian of ``model``.
 
@@ -111,8 +115,7 @@ def jacobian_spectral_norm(
       Runs until the relative change of every estimate is at most ``tol``
       or for ``n_iter`` steps. The estimate is a lower
       bound that converges at the rate :math:`(\sigma_2/\sigma_1)^2`.
-      It treats the batch as independent samples (put the model in
-      ``eval()`` mode).
+      It treats the batch as independent samples (hence ``eval_mode``).
     - ``"auto"``: ``"exact"`` for outputs of at most 64 values per sample
       (classifiers), ``"power"`` beyond.
 
@@ -126,6 +129,10 @@ def jacobian_spectral_norm(
             rounding noise of the estimate).
         generator: random generator for the power iteration's start vector
             (default: a fixed seed, so results are reproducible).
+        eval_mode: measure in eval mode (default), as the metrics do: a
+            train-mode BatchNorm couples the samples of a batch (and fails on
+            the one-sample probe). ``False`` keeps the model's modes. Either
+            way the modes and buffers are restored afterwards.
 
     Returns:
         ``(B,)`` detached tensor in ``x``'s dtype.
@@ -145,14 +152,15 @@ def jacobian_spectral_norm(
     if tol is None:
         tol = 1e-7 if x.dtype == torch.float64 else 1e-5
     x = x.detach()
-    with torch.no_grad():
-        m = _output(model, x[:1]).numel()
-    if method == "auto":
-        method = "exact" if m <= _AUTO_MAX_OUTPUTS else "power"
-    if method == "exact":
-        out = _exact(model, x)
-    else:
-        out = _power(model, x, n_iter, float(tol), generator)
+    with measuring(model, eval_mode):
+        with torch.no_grad():
+            m = _output(model, x[:1]).numel()
+        if method == "auto":
+            method = "exact" if m <= _AUTO_MAX_OUTPUTS else "power"
+        if method == "exact":
+            out = _exact(model, x)
+        else:
+            out = _power(model, x, n_iter, float(tol), generator)
     return out.detach()
 
 
