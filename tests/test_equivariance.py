@@ -192,3 +192,32 @@ def test_a_representation_needs_vector_outputs_of_its_size():
     field = lambda z: torch.cat([z, z], 1)  # noqa: E731  two copies of the image: rho = identity, positions move
     rot_field = lambda g, y: torch.einsum("ij,bj...->bi...", rho2(g), ROT.act(g, y))  # noqa: E731
     assert float(ti.equivariance_error(field, ROT, x, rot_field).max()) == 0.0
+
+
+def test_equivariance_loss_on_so2_compares_same_outputs_on_the_disk():
+    """so2's g^-1 zeroes the corners of every copy: an exactly equivariant 1x1 convolution with a bias was
+    penalized for f(x)'s corners (loss 19.5 at 90, 180, 270 degrees); on the disk it is 0 up to rounding."""
+    torch.manual_seed(0)
+    so2 = ti.get_group("so2")
+    conv = torch.nn.Conv2d(1, 2, 1).double()
+    x = so2.mask_input(torch.randn(3, 1, 12, 12, dtype=torch.float64))
+    quarter = [90.0, 180.0, 270.0]
+    auto = ti.EquivarianceLoss(conv, so2, "same", elements=quarter)
+    assert auto.on_disk and float(auto(x)) < 1e-20
+    everywhere = ti.EquivarianceLoss(conv, so2, "same", elements=quarter, mask=None)
+    assert float(everywhere(x)) > 1.0  # the corners: 0 in g^-1 f(g x), the bias in f(x)
+    # against an explicit loop on the disk, at an angle that interpolates
+    disk = so2.disk(12, dtype=torch.float64)
+    with torch.no_grad():
+        expected = sum(
+            0.5 * float((((so2.act(-t, conv(so2.act(t, x))) - conv(x)) * disk) ** 2).sum()) / 3 for t in (30.0,)
+        )
+        torch.testing.assert_close(
+            float(ti.EquivarianceLoss(conv, so2, "same", elements=[30.0])(x)), expected, rtol=1e-10, atol=0
+        )
+    # a group that does not zero the corners, or another action: no disk unless asked for
+    assert not ti.EquivarianceLoss(conv, ti.get_group("rotation", order=4), "same").on_disk
+    assert not ti.EquivarianceLoss(conv, ti.get_group("so2", mask=None), "same", elements=[30.0]).on_disk
+    assert ti.EquivarianceLoss(conv, ti.get_group("rotation", order=4), "same", mask="circle").on_disk
+    with pytest.raises(ValueError, match="mask must be one of"):
+        ti.EquivarianceLoss(conv, so2, "same", elements=[30.0], mask="disk")

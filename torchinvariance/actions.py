@@ -21,14 +21,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
 
 from torchinvariance.groups import Group
 
-__all__ = ["OutputAction", "OutputActionLike", "resolve_output_action"]
+__all__ = [
+    "OutputAction",
+    "OutputActionLike",
+    "OutputMask",
+    "output_disk",
+    "resolve_output_action",
+    "resolve_output_mask",
+]
 
 
 class OutputAction:
@@ -233,3 +240,41 @@ def resolve_output_action(spec: OutputActionLike | None, group: Group) -> Output
             f"{getattr(spec, '__name__', spec)!r} takes {len(params)}. Wrap it in OutputAction.from_callable"
         )
     raise TypeError(f"output_action: unsupported type {type(spec).__name__}")
+
+
+OutputMask = Literal["auto", "circle"]
+_MASKS = ("auto", "circle", None)
+
+
+def resolve_output_mask(mask: OutputMask | None, group: Group, action: OutputAction) -> bool:
+    r"""Whether outputs are compared on the inscribed disk only (``mask="circle"``, or ``"auto"`` resolved).
+
+    ``"auto"`` is the disk exactly when the group zeroes everything outside it (``so2`` with ``mask="circle"``)
+    and the outputs transform like the input (``"same"``): :math:`g^{-1} \cdot f(g x)` is 0 there whatever the
+    model does, so only the disk holds information. Used by the equivariance checks and
+    :class:`~torchinvariance.EquivarianceLoss`.
+
+    Raises:
+        ValueError: ``mask`` is not ``"auto"``, ``"circle"`` or ``None``.
+    """
+    if mask not in _MASKS:
+        raise ValueError(f"mask must be one of {_MASKS}, got {mask!r}")
+    if mask == "auto":
+        return action.name == "same" and getattr(group, "mask", None) == "circle"
+    return mask == "circle"
+
+
+def output_disk(y: Tensor) -> Tensor:
+    """The ``(H, W)`` mask, in ``y``'s dtype, of the pixels of outputs ``y`` ``(B, ..., H, W)`` inside the inscribed
+    disk: the pixels :meth:`SO2.mask_input <torchinvariance.SO2.mask_input>` keeps.
+
+    Raises:
+        ValueError: ``y`` is not a batch of square images.
+    """
+    if y.dim() < 3 or y.shape[-1] != y.shape[-2]:
+        raise ValueError(
+            "mask='circle' compares image outputs (B, ..., H, W) with H == W on the disk inscribed in them; got "
+            f"outputs of shape {tuple(y.shape)}. Pass mask=None for other outputs"
+        )
+    c = (torch.arange(y.shape[-1], device=y.device, dtype=torch.float64) + 0.5) / y.shape[-1] * 2 - 1
+    return ((c[:, None] ** 2 + c[None, :] ** 2) <= 1.0).to(y.dtype)

@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from torchinvariance._checks import check_model
-from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
+from torchinvariance.actions import (
+    OutputAction,
+    OutputActionLike,
+    OutputMask,
+    output_disk,
+    resolve_output_action,
+    resolve_output_mask,
+)
 from torchinvariance.divergences import (
     DIVERGENCES,
     Divergence,
@@ -387,6 +394,12 @@ class EquivarianceLoss(InvarianceLoss):
         chunk_size: as in :class:`InvarianceLoss`.
         generator: as in :class:`InvarianceLoss`.
         shared_randomness: as in :class:`InvarianceLoss`.
+        mask: ``"circle"`` compares image outputs ``(B, ..., H, W)`` only on the pixels inside the inscribed disk
+            (both :math:`f(x_b)` and :math:`g_i^{-1} \cdot f(g_i x_b)` are multiplied by it), ``None`` everywhere;
+            ``"auto"`` (default) is the disk exactly for ``"same"`` on a group that zeroes the outside of the disk
+            (``so2`` with ``mask="circle"``): its :math:`g^{-1}` zeroes the corners of every copy, so without the
+            disk an exactly equivariant model with a bias would be penalized for its corners. As in
+            :func:`~torchinvariance.equivariance_error`.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -411,15 +424,24 @@ class EquivarianceLoss(InvarianceLoss):
         generator: torch.Generator | None = None,
         *,
         shared_randomness: bool = False,
+        mask: OutputMask | None = "auto",
     ) -> None:
         super().__init__(
             model, group, divergence, elements, reduction, chunk_size, generator, shared_randomness=shared_randomness
         )
         self.output_action = resolve_output_action(output_action, group)
         _check_permutations(self.output_action, group, self.elements)
+        self.on_disk = resolve_output_mask(mask, self.group, self.output_action)
+
+    def _pair(self, fx: Tensor, fgx: Tensor) -> Tensor:
+        if self.on_disk:  # compare on the inscribed disk only
+            disk = output_disk(fx)
+            fx, fgx = fx * disk, fgx * disk
+        return super()._pair(fx, fgx)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, output_action={self.output_action.name!r}"
+        disk = ", mask='circle'" if self.on_disk else ""
+        return f"{super().extra_repr()}, output_action={self.output_action.name!r}{disk}"
 
 
 def _check_permutations(action: OutputAction, group: Group, elements: int | list | None) -> None:

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
-from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
+from torchinvariance.actions import (
+    OutputActionLike,
+    OutputMask,
+    output_disk,
+    resolve_output_action,
+    resolve_output_mask,
+)
 from torchinvariance.groups import Group, ensure_group
 from torchinvariance.orbit import measuring, model_output, orbit_forward, resolve_elements
 
@@ -50,32 +56,6 @@ def _cast(model: Callable[[Tensor], Tensor], x: Tensor, dtype: torch.dtype | Non
     return model, x
 
 
-OutputMask = Literal["auto", "circle"]
-_MASKS = ("auto", "circle", None)
-
-
-def _resolve_mask(mask: OutputMask | None, group: Group, action: OutputAction) -> bool:
-    """Whether the outputs are compared on the inscribed disk only (``mask="circle"``, or ``"auto"`` resolved)."""
-    if mask not in _MASKS:
-        raise ValueError(f"mask must be one of {_MASKS}, got {mask!r}")
-    if mask == "auto":
-        # A group that zeroes everything outside the disk (so2's mask="circle") does so to 'same' outputs too:
-        # g^-1 · f(g x) is 0 there whatever the model does, so only the disk holds information.
-        return action.name == "same" and getattr(group, "mask", None) == "circle"
-    return mask == "circle"
-
-
-def _disk(y: Tensor) -> Tensor:
-    """The ``(H, W)`` mask of the pixels of the outputs ``y`` ``(B, ..., H, W)`` inside the inscribed disk."""
-    if y.dim() < 3 or y.shape[-1] != y.shape[-2]:
-        raise ValueError(
-            "mask='circle' compares image outputs (B, ..., H, W) with H == W on the disk inscribed in them; got "
-            f"outputs of shape {tuple(y.shape)}. Pass mask=None for other outputs"
-        )
-    c = (torch.arange(y.shape[-1], device=y.device, dtype=torch.float64) + 0.5) / y.shape[-1] * 2 - 1
-    return ((c[:, None] ** 2 + c[None, :] ** 2) <= 1.0).to(y.dtype)  # the pixels SO2.mask_input keeps
-
-
 def _measure(
     model: Callable[[Tensor], Tensor],
     group: Group,
@@ -102,7 +82,7 @@ def _measure(
         )
     els = resolve_elements(group, elements)
     action = resolve_output_action(output_action, group)
-    on_disk = _resolve_mask(mask, group, action)
+    on_disk = resolve_output_mask(mask, group, action)
     model, x = _cast(model, x, dtype)
     batch = x.shape[0]
     with torch.no_grad(), measuring(model, eval_mode):  # one forward: x (as the identity), then every element
@@ -115,7 +95,7 @@ def _measure(
             if not action.trivial:  # the output is resampled too: its own round trip g^-1 (g f(x))
                 rounds.append(torch.stack([action(group.inverse(g), action(g, out[0])) for g in els]))
     if on_disk:
-        disk = _disk(out[0])
+        disk = output_disk(out[0])
         out = out * disk
         rounds = [r * disk for r in rounds]
     out = out.reshape(len(els) + 1, batch, -1)
