@@ -347,3 +347,30 @@ def test_relative_errors_of_integer_outputs_are_floats():
     torch.testing.assert_close(relative, absolute.float() / 17.0)  # max |f(x)| = 17, the second pixel of sample 1
     rel_eq = ti.equivariance_error(model, rot, x, "trivial", relative=True)
     torch.testing.assert_close(rel_eq, relative)
+
+
+def test_bool_outputs_are_compared_as_0_and_1():
+    """A model returning flags (logits > 0): bool tensors cannot be subtracted (NotImplementedError before)."""
+    rot = ti.get_group("rotation", order=4)
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    model = lambda z: z.flatten(1)[:, :3] > 0  # noqa: E731
+    got = ti.invariance_error(model, rot, x)
+    expected = [int((model(torch.rot90(x, k, (-2, -1))) != model(x)).any()) for k in range(4)]
+    assert got.tolist() == expected and expected[0] == 0 and max(expected) == 1
+    torch.testing.assert_close(ti.invariance_error(model, rot, x, relative=True), got.float())  # max |f(x)| = 1
+    with pytest.raises(AssertionError, match="not invariant"):
+        ti.assert_invariant(model, rot, x)
+    # class indices: a failing assertion crashed ranking the errors (inf cannot be an int64) instead of failing
+    with pytest.raises(AssertionError, match=r"not invariant.*computed in torch.int64"):
+        ti.assert_invariant(lambda z: z.flatten(1)[:, :3].argmax(1), rot, x)
+
+
+def test_dtype_with_a_plain_function_names_the_cause():
+    """dtype= casts an nn.Module; a function closing over float32 weights failed with a bare matmul dtype error."""
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    rot = ti.get_group("rotation", order=4)
+    x = torch.randn(2, 1, 4, 4)
+    with pytest.raises(TypeError, match=r"dtype=torch.float64 casts x and an nn.Module's parameters.*function"):
+        ti.assert_invariant(lambda z: lin(z), rot, x, dtype=torch.float64)
+    assert ti.invariance_error(lin, rot, x, dtype=torch.float64).dtype == torch.float64  # the module itself: cast
+    assert ti.invariance_error(lambda z: z.sum((1, 2, 3)), rot, x, dtype=torch.float64).dtype == torch.float64

@@ -230,3 +230,12 @@ def test_act_per_sample_on_an_empty_batch_is_empty_like_for_a_finite_group(name)
     assert ti.get_group("rotation", order=4).act_per_sample([], x).shape == x.shape
     with pytest.raises(ValueError, match="one element per sample: got 1 elements for a batch of 0"):
         group.act_per_sample([group.identity], x)
+
+
+@pytest.mark.parametrize("name", ["so2", "scale"])
+def test_check_group_takes_integer_images(name):
+    """check_group(x=<uint8 or long images>) failed: torch takes no norm of integer tensors."""
+    x = torch.randint(0, 255, (2, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.long, torch.uint8):
+        report = ti.check_group(ti.get_group(name), x=x.to(dtype))
+        assert report["action_checked"] and report["elements"] > 0

@@ -124,6 +124,9 @@ def _default_input(group: Group) -> Tensor | None:
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
+    """``|a - b| / |b|``, in float64 for integer and bool images (whose norm torch does not take)."""
+    if not b.is_floating_point() and not b.is_complex():
+        a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(torch.finfo(b.dtype).tiny))
 
 

@@ -86,7 +86,16 @@ def _measure(
     model, x = _cast(model, x, dtype)
     batch = x.shape[0]
     with torch.no_grad(), measuring(model, eval_mode):  # one forward: x (as the identity), then every element
-        out = orbit_forward(model, group, x, [group.identity, *els], output_action=action)
+        try:
+            out = orbit_forward(model, group, x, [group.identity, *els], output_action=action)
+        except RuntimeError as error:
+            if dtype is None or isinstance(model, nn.Module) or "dtype" not in str(error):
+                raise
+            raise TypeError(
+                f"dtype={dtype} casts x and an nn.Module's parameters; the model here is a "
+                f"{type(model).__name__}, whose weights cannot be cast, and it failed on {dtype} inputs ({error}). "
+                "Pass the nn.Module itself, or dtype=None"
+            ) from error
         rounds = []  # the round trips whose response is resampling alone
         if not group.exact:
             trips = torch.stack([group.act(group.inverse(g), group.act(g, x)) for g in els]).flatten(0, 1)
@@ -94,6 +103,8 @@ def _measure(
             rounds.append(back.reshape(len(els), batch, *back.shape[1:]))
             if not action.trivial:  # the output is resampled too: its own round trip g^-1 (g f(x))
                 rounds.append(torch.stack([action(group.inverse(g), action(g, out[0])) for g in els]))
+    if out.dtype == torch.bool:  # predicted flags: compare them as 0/1 (bool tensors cannot be subtracted)
+        out, rounds = out.long(), [r.long() for r in rounds]
     if on_disk:
         disk = output_disk(out[0])
         out = out * disk
@@ -264,6 +275,9 @@ def _decide(
     ``b``'s error only, so the most resampling-sensitive sample of a batch does not set the tolerance of the others.
     """
     deviation, scale, els, out_dtype, floor = measured
+    if not deviation.is_floating_point():  # integer or bool outputs: compare in float64 (inf marks NaN below)
+        deviation = deviation.double()
+        floor = None if floor is None else floor.double()
     if atol is None and rtol is None:
         atol, rtol = DEFAULT_TOLERANCES.get(out_dtype, (0.0, 0.0))
     atol = 0.0 if atol is None else float(atol)
