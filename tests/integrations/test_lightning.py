@@ -103,6 +103,19 @@ def _callback_metrics(model):
     return {k: float(v) for k, v in model.trainer.callback_metrics.items()}
 
 
+def test_an_epoch_without_measured_samples_logs_nothing_and_does_not_crash(tmp_path):
+    """get_input selecting no sample in any batch (a class absent from the validation data): the epoch logs no
+    invariance value; it raised 'LogitInvariance.compute() called before any update()' at the epoch end."""
+    monitor = InvarianceMonitor(GROUP, metrics=("li", "di"), get_input=lambda batch: batch[0][batch[1] == 99])
+    model = Tiny()
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        _trainer(tmp_path, monitor, max_epochs=1).fit(model, train, val)
+    metrics = _callback_metrics(model)
+    assert "val_loss" in metrics and not any(k.startswith("invariance/") for k in metrics)
+
+
 def test_every_n_epochs_eval_mode_buffers_and_validate(tmp_path):
     monitor = InvarianceMonitor(GROUP, metrics=("li",), every_n_epochs=2)
     model = Tiny()

@@ -110,6 +110,20 @@ def test_reset_and_compute_before_update():
         np.testing.assert_allclose(metric.set_dtype(F64).compute().item(), ref.item(), rtol=1e-12)
 
 
+def test_compute_count_is_zero_before_any_update_and_other_computes_name_themselves():
+    """compute_count() counts samples: 0 before any update (it raised 'compute() called before any update()')."""
+    group = ti.get_group("rotation", order=4)
+    for metric, _, _ in _metrics(mlp(36, dtype=F64), group):
+        assert metric.compute_count() == 0
+        metric.update(torch.zeros(0, 1, 6, 6, dtype=F64))  # an empty selection adds nothing
+        assert metric.compute_count() == 0
+        for method in ("compute_per_element", "compute_std"):
+            with pytest.raises(RuntimeError, match=rf"\.{method}\(\) called before any update"):
+                getattr(metric, method)()
+        metric.update(_data(sizes=(3,))[0])
+        assert metric.compute_count() == 3
+
+
 def test_update_from_outputs_equals_update_and_validates():
     group = ti.get_group("rotation", order=4)
     model = mlp(36, classes=4, dtype=F64, seed=3)

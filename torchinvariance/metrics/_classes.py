@@ -147,10 +147,10 @@ class _OrbitTermsMetric(Metric):
                 f"over {other._describe()} (averaged rows {other.rows}): merge only metrics of the same rows"
             )
 
-    def _checked_sums(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _checked_sums(self, method: str = "compute") -> tuple[Tensor, Tensor, Tensor]:
         element_sum, sumsq, count = self._sums()
         if count == 0:
-            raise RuntimeError(f"{type(self).__name__}.compute() called before any update()")
+            raise RuntimeError(f"{type(self).__name__}.{method}() called before any update()")
         return element_sum, sumsq, count
 
     def _synced(self, read: Callable[[], Any]) -> Any:
@@ -165,8 +165,8 @@ class _OrbitTermsMetric(Metric):
         finally:
             self.unsync(should_unsync=self._is_synced)
 
-    def _global_sums(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self._synced(lambda: tuple(t.clone() for t in self._checked_sums()))
+    def _global_sums(self, method: str) -> tuple[Tensor, Tensor, Tensor]:
+        return self._synced(lambda: tuple(t.clone() for t in self._checked_sums(method)))
 
     # ---------------------------------------------------------------- results
     def compute(self) -> Tensor:
@@ -176,17 +176,17 @@ class _OrbitTermsMetric(Metric):
 
     def compute_per_element(self) -> Tensor:
         """Mean over samples for each group element, ``(n_elements,)`` in the metric's ``dtype`` (every element)."""
-        element_sum, _, count = self._global_sums()
+        element_sum, _, count = self._global_sums("compute_per_element")
         return (element_sum / count).to(self.dtype)
 
     def compute_std(self) -> Tensor:
         r"""Standard deviation over samples (ddof=0) of :math:`v_b`, a sample's mean over the averaged elements."""
-        element_sum, sumsq, count = self._global_sums()
+        element_sum, sumsq, count = self._global_sums("compute_std")
         return orbit_std(element_sum, sumsq, count, self.rows).to(self.dtype)
 
     def compute_count(self) -> int:
-        """Number of samples seen by all processes (synchronized like :meth:`compute`)."""
-        return int(self._global_sums()[2].item())
+        """Number of samples seen by all processes (synchronized like :meth:`compute`); 0 before any update."""
+        return self._synced(lambda: int(self._sums()[2].item()))
 
     @property
     def n_samples(self) -> int:
@@ -583,4 +583,6 @@ class _OrbitConsistency(_OrbitTermsMetric):
 
     def compute_orbit(self) -> Tensor:
         """Fraction of samples whose top-1 class is the same on every averaged element."""
-        return self._synced(lambda: (self.consistency_orbit_sum / self._checked_sums()[2]).to(self.dtype))
+        return self._synced(
+            lambda: (self.consistency_orbit_sum / self._checked_sums("compute_orbit")[2]).to(self.dtype)
+        )
