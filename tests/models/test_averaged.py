@@ -67,6 +67,18 @@ def test_bad_arguments():
         ti.GroupAveraged(lambda x: x.sum(), rot)(torch.randn(2, 1, 4, 4))
 
 
+def test_elements_must_be_a_list_of_elements():
+    """elements=4 raised "'int' object is not iterable"; elements='12' averaged over the elements 1 and 2."""
+    so2 = ti.get_group("so2")
+    with pytest.raises(TypeError, match=r"list of elements that form a subgroup.*got elements=4"):
+        ti.GroupAveraged(ti.MLP(), so2, elements=4)
+    with pytest.raises(TypeError, match=r"elements must be a sequence of group elements.*got str"):
+        ti.GroupAveraged(ti.MLP(), ti.get_group("rotation", order=4), elements="12")
+    with pytest.raises(ValueError, match="elements must not be empty"):
+        ti.GroupAveraged(ti.MLP(), so2, elements=[])
+    assert ti.GroupAveraged(ti.MLP(), so2, elements=(-90, 0.0)).elements == [270.0, 0.0]
+
+
 def test_averaging_over_angles_of_so2():
     so2 = ti.get_group("so2")
     inner = ti.MLP(in_shape=(1, 12, 12), num_classes=3, hidden=8).double()

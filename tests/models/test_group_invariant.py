@@ -113,5 +113,8 @@ def test_bad_arguments():
         ti.GroupInvariantMLP(ti.get_group("translation", order=5, axis="x"), in_shape=IN_SHAPE)
     with pytest.raises(TypeError, match="Group"):
         ti.GroupInvariantMLP("rotation", in_shape=IN_SHAPE)
+    for name in ("so2", "scale"):  # built fine and failed in the first forward ("no finite order")
+        with pytest.raises(ValueError, match=r"finite group; (SO2|Scale)\(.*\) is continuous.*GroupAveraged"):
+            ti.GroupInvariantMLP(ti.get_group(name), in_shape=IN_SHAPE)
     with pytest.raises(ValueError, match=r"expects a batch of shape \(B, 1, 12, 12\)"):
         ti.GroupInvariantMLP(rot, in_shape=IN_SHAPE)(torch.zeros(2, 1, 8, 8))

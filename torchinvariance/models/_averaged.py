@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchinvariance._checks import check_model
 from torchinvariance.actions import OutputAction, OutputActionLike, resolve_output_action
 from torchinvariance.groups import Group, ensure_group, listed_elements
-from torchinvariance.orbit import orbit_forward
+from torchinvariance.orbit import orbit_forward, resolve_elements
 
 __all__ = ["GroupAveraged"]
 
@@ -78,9 +78,15 @@ class GroupAveraged(nn.Module):
         check_model(model)
         if elements is None and not group.is_finite:
             raise ValueError(f"{group!r} is continuous: pass the elements to average over (e.g. 24 angles)")
+        if isinstance(elements, int) and not isinstance(elements, bool):
+            # the metrics' elements=k draws k elements; an average needs elements that form a subgroup, not a draw
+            raise TypeError(
+                f"GroupAveraged averages over a list of elements that form a subgroup (e.g. [0, 90, 180, 270] for "
+                f"so2), not a number of elements to draw; got elements={elements!r}"
+            )
         self.model = model
         self.group = group
-        self.elements = None if elements is None else [group.check_element(g) for g in elements]
+        self.elements = None if elements is None else resolve_elements(group, elements)
         self.output_action = resolve_output_action(output_action, group)
         _check_permutations(self.output_action, group, listed_elements(group) if elements is None else self.elements)
 

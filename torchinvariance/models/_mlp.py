@@ -231,6 +231,12 @@ class GroupInvariantMLP(nn.Module):
     ) -> None:
         super().__init__()
         ensure_group(group)
+        if not group.is_finite:  # the tied layer runs over every element: it failed in the first forward
+            raise ValueError(
+                f"GroupInvariantMLP ties its first layer over every element of a finite group; {group!r} is "
+                "continuous. Use a finite group (e.g. ti.get_group('rotation', order=4)) or average a model over a "
+                "list of elements: ti.GroupAveraged(model, group, elements=[...])"
+            )
         if pool not in _POOLS:
             raise ValueError(f"pool must be one of {_POOLS}, got {pool!r}")
         self.group = group
