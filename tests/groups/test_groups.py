@@ -222,3 +222,18 @@ def test_rotation_of_another_order_names_so2_and_its_angles(order):
 def test_rotation_rejects_other_orders_without_a_hint(order):
     with pytest.raises(ValueError, match=r"need order in \{2, 4\}; got order=.*[^.]$"):
         ti.get_group("rotation", order=order)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: ti.InvarianceLoss(m, "rotation"),
+        lambda m, x: ti.logit_invariance(m, "rotation", x),
+        lambda m, x: ti.assert_invariant(m, "flip", x),
+    ],
+)
+def test_a_group_name_where_a_group_is_expected_points_to_get_group(call):
+    # was "group must be a torchinvariance Group, got str", which does not say what to do
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(TypeError, match=r"got the string '(rotation|flip)'.*ti\.get_group\('(rotation|flip)'\)"):
+        call(model, torch.randn(2, 1, 4, 4))

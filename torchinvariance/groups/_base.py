@@ -278,6 +278,11 @@ class CyclicGroup(Group):
 
 def ensure_group(group: object) -> Group:
     """Return ``group`` if it is a :class:`Group`, else raise :class:`TypeError` saying what arrived."""
+    if isinstance(group, str):
+        raise TypeError(
+            f"group must be a torchinvariance Group, got the string {group!r}; "
+            f"build the group first: ti.get_group({group!r})"
+        )
     if not isinstance(group, Group):
         raise TypeError(f"group must be a torchinvariance Group, got {type(group).__name__}")
     return group
