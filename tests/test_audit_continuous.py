@@ -247,6 +247,24 @@ def test_group_spec_lists_and_slugs():
         (["--output-action", "torchinvariance:nope"], "has no attribute 'nope'"),
         (["--output-action", "same"], "does not fit the outputs of the model"),
         (["--group", "so2:angles=0,90", "--output-action", "perm:rot90=1,0"], "needs a finite group"),
+        # only the identity listed: the means over the other elements have nothing to average (a traceback before)
+        (["--group", "so2:angles=0"], "lists only the identity of SO2"),
+        (["--group", "so2:angles=0,360"], "lists only the identity of SO2"),
+        (["--group", "scale:factors=1"], "or pass --include-identity"),
+        # equivariant: the mean silently fell back to the identity's error, 0, "as equivariant as" the averaged model
+        (
+            [
+                "--model",
+                "torch.nn:Conv2d",
+                "--model-kwargs",
+                '{"in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": 1}',
+                "--group",
+                "so2:angles=0",
+                "--output-action",
+                "same",
+            ],
+            "lists only the identity of SO2",
+        ),
     ],
 )
 def test_errors_say_what_was_expected_and_what_arrived(tmp_path, capsys, args, message):

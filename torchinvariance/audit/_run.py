@@ -154,7 +154,7 @@ def _check_element_keys(spec: GroupSpec, group: Group) -> None:
         )
 
 
-def _measured(spec: GroupSpec, group: Group, seed: int) -> list | None:
+def _measured(spec: GroupSpec, group: Group, seed: int, include_identity: bool) -> list | None:
     """The elements to measure: ``None`` (every element of a finite group), the listed ones, or ``k`` drawn once."""
     if spec.elements is None:
         return None
@@ -164,6 +164,13 @@ def _measured(spec: GroupSpec, group: Group, seed: int) -> list | None:
     except (TypeError, ValueError) as exc:
         raise AuditError(f"--group {spec.text!r}: {exc}") from exc
     assert chosen is not None
+    if not include_identity and all(group.same_element(g, group.identity) for g in chosen):
+        listed = ", ".join(f"{float(g):g}" for g in chosen)
+        raise AuditError(
+            f"--group {spec.text!r} lists only the identity of {group!r} ({listed}), "
+            "and the means run over the other elements: list elements besides the identity (e.g. "
+            "so2:angles=0,30,45,90) or pass --include-identity"
+        )
     return chosen
 
 
@@ -500,7 +507,8 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     groups = []  # every group, its elements and its output action checked before measuring
     for spec in cfg.groups:
         group = _build_group(spec, cfg)
-        groups.append((spec, group, _measured(spec, group, cfg.seed), _build_action(cfg.output_action, spec, group)))
+        chosen = _measured(spec, group, cfg.seed, cfg.include_identity)
+        groups.append((spec, group, chosen, _build_action(cfg.output_action, spec, group)))
     n_classes = _probe(model, cfg, device)
     for spec, group, chosen, action in groups:
         if action is not None:
