@@ -147,3 +147,53 @@ def test_no_warnings_on_plain_import():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GroupRegistry().list_groups()
+
+
+class _WrongIdentity(ti.Group):
+    """A group whose identity is not one of its elements (validate_group rejects it)."""
+
+    order = 3
+    identity = 7
+
+    def compose(self, g, h):
+        return (g + h) % 3
+
+    def inverse(self, g):
+        return (-g) % 3
+
+    def transform(self, g, x):
+        return x
+
+
+def test_register_group_bad_arguments_say_what_was_expected():
+    reg = GroupRegistry(autoload=False)
+    for name in ("  ", " rotation", "rot "):  # were registered: "  " then showed in list_groups()
+        with pytest.raises(ValueError, match="non-empty strings without surrounding spaces"):
+            reg.register(name, ti.Rotation)
+    with pytest.raises(TypeError, match=r"got the group Rotation\(order=4\) itself: register its class"):
+        reg.register("quarter", ti.Rotation(4))
+    with pytest.raises(TypeError, match=r"check must be True .* or False; got 'yes'"):
+        reg.register("quarter", ti.Rotation, check="yes")
+    # check=True on a factory that needs a parameter: was the lambda's own "missing 1 required positional argument"
+    with pytest.raises(ValueError, match=r"check=True builds factory\(\) with no arguments; group 'needs' \(user\)"):
+        reg.register("needs", lambda order: ti.Rotation(order), check=True)
+    # check=True on a factory returning no group: was "group must be a torchinvariance Group, got int"
+    with pytest.raises(TypeError, match=r"factory of group 'three' \(user\) returned int"):
+        reg.register("three", lambda: 3, check=True)
+    assert not {"  ", " rotation", "quarter", "needs", "three"} & set(reg.list_groups())
+
+
+def test_an_invalid_plugin_group_names_its_plugin(monkeypatch):
+    """A plugin group that fails validate_group: the error of get() says which group and plugin (it did not)."""
+
+    class Plugin:
+        @staticmethod
+        @ti.hookimpl
+        def torchinvariance_register_groups(register):
+            register("wrong_identity", _WrongIdentity)
+
+    fake_distributions(monkeypatch, [FakeDistribution("bad-groups", [FakeEntryPoint("bad", Plugin)])])
+    reg = GroupRegistry(autoload=True)
+    expected = r"'wrong_identity' \(bad-groups:bad\) is not a valid group: .*identity \(7\) is not an element"
+    with pytest.raises(ValueError, match=expected):
+        reg.get("wrong_identity")

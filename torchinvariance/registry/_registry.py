@@ -223,8 +223,13 @@ class GroupRegistry:
         provider: str,
         staged: dict[str, tuple[Callable[..., Group], str]] | None = None,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"group names are non-empty strings, got {name!r}")
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise ValueError(f"group names are non-empty strings without surrounding spaces, got {name!r}")
+        if isinstance(factory, Group):
+            raise TypeError(
+                f"factory for group {name!r} must be callable (factory(**params) -> Group), got the group "
+                f"{factory!r} itself: register its class, or a function returning it (lambda: group)"
+            )
         if not callable(factory):
             raise TypeError(f"factory for group {name!r} must be callable, got {factory!r}")
         if isinstance(factory, type) and issubclass(factory, Group):
@@ -259,9 +264,12 @@ class GroupRegistry:
             check: build ``factory()`` with its default parameters and run the full
                 :func:`~torchinvariance.check_group` before registering.
         """
+        if not isinstance(check, bool):
+            raise TypeError(f"check must be True (build factory() and run check_group) or False; got {check!r}")
         self._ensure_loaded()
         if check:
-            check_group(validate_group(factory()))
+            self._check_new(name, factory, provider)  # a bad name or factory says so before anything is built
+            check_group(self._build(name, factory, provider, {}, when="check=True builds factory() with no arguments"))
         self._add(name, factory, provider)
 
     def list_groups(self) -> list[str]:
@@ -302,6 +310,15 @@ class GroupRegistry:
             ValueError: parameters the factory does not accept or rejects.
         """
         factory, provider = self._lookup(name)
+        group = self._build(name, factory, provider, params)
+        group.name = name
+        return group
+
+    @staticmethod
+    def _build(
+        name: str, factory: Callable[..., Group], provider: str, params: dict[str, Any], when: str = ""
+    ) -> Group:
+        """``factory(**params)``, checked: parameters it accepts, a :class:`Group` back, ``validate_group``."""
         try:
             sig = inspect.signature(factory)
         except (TypeError, ValueError):
@@ -311,8 +328,9 @@ class GroupRegistry:
                 sig.bind(**params)
             except TypeError as exc:
                 allowed = [p for p in sig.parameters if p != "self"]
+                why = f"{when}; " if when else ""
                 raise ValueError(
-                    f"group {name!r} ({provider}) accepts parameters {allowed}; got {params}: {exc}"
+                    f"{why}group {name!r} ({provider}) accepts parameters {allowed}; got {params}: {exc}"
                 ) from None
         group = factory(**params)
         if not isinstance(group, Group):
@@ -320,8 +338,11 @@ class GroupRegistry:
                 f"factory of group {name!r} ({provider}) returned {type(group).__name__}, "
                 "expected a torchinvariance.groups.Group"
             )
-        validate_group(group)
-        group.name = name
+        try:
+            validate_group(group)
+        except (TypeError, ValueError) as exc:  # say whose group it is: a plugin's, the user's
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"group {name!r} ({provider}) is not a valid group: {exc}") from exc
         return group
 
 
