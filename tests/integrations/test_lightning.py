@@ -116,6 +116,35 @@ def test_an_epoch_without_measured_samples_logs_nothing_and_does_not_crash(tmp_p
     assert "val_loss" in metrics and not any(k.startswith("invariance/") for k in metrics)
 
 
+class TwoLoaders(Tiny):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+
+def test_several_validation_dataloaders_are_measured_and_logged_each_on_its_own(tmp_path):
+    """Two val loaders: one value per loader under Lightning's dataloader_idx suffix, each over up to max_samples of
+    its loader (it logged one 'invariance/li', the mean over the first loader's 6 samples, shown for both)."""
+    monitor = InvarianceMonitor(GROUP, metrics=("li",), max_samples=6, per_element=True)
+    model = TwoLoaders()
+    loaders = [DataLoader(_data(8, 1), batch_size=4), DataLoader(_data(8, 2), batch_size=4)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        _trainer(tmp_path, monitor).validate(model, loaders, verbose=False)
+    metrics = _callback_metrics(model)
+    assert "invariance/li" not in metrics
+    values = []
+    for idx, loader in enumerate(loaders):
+        x = loader.dataset.tensors[0][:6]
+        with torch.no_grad():
+            li = ti.logit_invariance(model, GROUP, x)
+            rot90 = ti.logit_invariance(model, GROUP, x, reduction="none")[1].mean()
+        np.testing.assert_allclose(metrics[f"invariance/li/dataloader_idx_{idx}"], li.item(), rtol=1e-5)
+        np.testing.assert_allclose(metrics[f"invariance/li/rot90/dataloader_idx_{idx}"], rot90.item(), rtol=1e-5)
+        values.append(li.item())
+    assert abs(values[0] - values[1]) > 1e-3  # two data sets, two values: the check can fail
+
+
 def test_every_n_epochs_eval_mode_buffers_and_validate(tmp_path):
     monitor = InvarianceMonitor(GROUP, metrics=("li",), every_n_epochs=2)
     model = Tiny()

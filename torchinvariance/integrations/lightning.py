@@ -65,6 +65,10 @@ class InvarianceMonitor(Callback):
     processes. As for any metric under DDP, the sampler may repeat a few samples to give every process the same
     number of batches.
 
+    **Several validation dataloaders.** Each dataloader is measured on its own (up to ``max_samples`` samples
+    each) and logged with Lightning's suffix, ``"invariance/li/dataloader_idx_0"``, ``".../dataloader_idx_1"``, as
+    Lightning names ``val_loss``; with one dataloader the names have no suffix.
+
     **One monitor, several models.** The metrics are bound to the LightningModule of the current ``fit`` or
     ``validate``: a monitor reused with another model (a sweep, a second Trainer) measures that model, on the same
     elements.
@@ -82,7 +86,8 @@ class InvarianceMonitor(Callback):
         metrics: any selection of ``("di", "li", "si")``; default ``("li", "di")``.
         every_n_epochs: measure in the validation of epochs ``n, 2n, ...`` (counted from 1) during ``fit``;
             ``trainer.validate()`` always measures.
-        max_samples: at most this many validation samples in all (``None``: every sample).
+        max_samples: at most this many validation samples in all, per validation dataloader (``None``: every
+            sample).
         prefix: prepended to the logged names.
         include_identity: the element averaging of the means.
         elements: the elements to measure: ``None`` (every element of a finite group), a list (e.g. angles in
@@ -167,7 +172,9 @@ class InvarianceMonitor(Callback):
         self.elements = next(iter(self._meters.values())).elements  # None: the whole finite group
         self._bound: Any = None  # the LightningModule the metrics measure
         self._active = False
-        self._left: int | None = None
+        # one set of metrics and one sample budget per validation dataloader (the first set is self._meters)
+        self._loader_meters: list[dict[str, Any]] = [self._meters]
+        self._left: list[int | None] = [None]
 
     @property
     def metric_names(self) -> list[str]:
@@ -193,6 +200,7 @@ class InvarianceMonitor(Callback):
         """Measure ``pl_module``: new metrics when it is not the module they measure (another model, a sweep)."""
         if self._bound is not pl_module:
             self._meters = self._make(pl_module, self.elements)
+            self._loader_meters = [self._meters]
             self._bound = pl_module
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -210,14 +218,19 @@ class InvarianceMonitor(Callback):
         if not self._active:
             return
         self._bind(pl_module)
-        for meter in self._meters.values():
-            meter.reset()
-            meter.to(pl_module.device)
+        n_loaders = max(len(trainer.num_val_batches), 1)
+        while len(self._loader_meters) < n_loaders:
+            self._loader_meters.append(self._make(pl_module, self.elements))
+        for meters in self._loader_meters:
+            for meter in meters.values():
+                meter.reset()
+                meter.to(pl_module.device)
         if self.max_samples is None:
-            self._left = None
+            left = None
         else:  # an even split over the processes, the remainder to the first ones: max_samples in all
             world, rank = max(trainer.world_size, 1), trainer.global_rank
-            self._left = self.max_samples // world + (1 if rank < self.max_samples % world else 0)
+            left = self.max_samples // world + (1 if rank < self.max_samples % world else 0)
+        self._left = [left] * n_loaders
 
     def on_validation_batch_end(
         self,
@@ -228,32 +241,40 @@ class InvarianceMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active or (self._left is not None and self._left <= 0):
+        if not self._active or dataloader_idx >= len(self._left):
+            return
+        left = self._left[dataloader_idx]
+        if left is not None and left <= 0:
             return
         x = self.get_input(batch)
-        if self._left is not None:
-            x = x[: self._left]
-            self._left -= x.shape[0]
+        if left is not None:
+            x = x[:left]
+            self._left[dataloader_idx] = left - x.shape[0]
         # out of Lightning's inference mode: the states stay ordinary tensors, and SI can take gradients
         with torch.inference_mode(False):
             x = x.clone()
-            for meter in self._meters.values():
+            for meter in self._loader_meters[dataloader_idx].values():
                 meter.update(x)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._active:
             return
         self._active = False
-        for name, meter in self._meters.items():
-            if meter.compute_count() == 0:  # synced: the same answer on every process
-                continue
-            value = meter.compute()
-            # every process holds the same, already synced value: sync_dist=True averages identical numbers (and
-            # keeps Lightning from warning about unsynced epoch-level values)
-            pl_module.log(f"{self.prefix}{name}", value, prog_bar=self.prog_bar, sync_dist=True)
-            if self.per_element:
-                for element, v in zip(meter.element_names, meter.compute_per_element()):
-                    pl_module.log(f"{self.prefix}{name}/{element}", v, sync_dist=True)
+        n_loaders = len(self._left)
+        for idx, meters in enumerate(self._loader_meters[:n_loaders]):
+            # several validation dataloaders: one value each, with Lightning's own suffix (as val_loss gets)
+            suffix = f"/dataloader_idx_{idx}" if n_loaders > 1 else ""
+            for name, meter in meters.items():
+                if meter.compute_count() == 0:  # synced: the same answer on every process
+                    continue
+                value = meter.compute()
+                # every process holds the same, already synced value: sync_dist=True averages identical numbers
+                # (and keeps Lightning from warning about unsynced epoch-level values)
+                log = {"sync_dist": True, "add_dataloader_idx": False}
+                pl_module.log(f"{self.prefix}{name}{suffix}", value, prog_bar=self.prog_bar, **log)
+                if self.per_element:
+                    for element, v in zip(meter.element_names, meter.compute_per_element()):
+                        pl_module.log(f"{self.prefix}{name}/{element}{suffix}", v, **log)
 
     def __repr__(self) -> str:
         return (
