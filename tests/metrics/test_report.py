@@ -213,6 +213,43 @@ def test_errors():
         ti.evaluate_invariance(nan_model, GROUP, _loader(), progress=False)
 
 
+class _Rounded(nn.Module):
+    """Integer logits (a quantized classifier): ``round(100 f(x))`` as int64."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.f = mlp(36, classes=classes, dtype=F64)
+
+    def forward(self, x):
+        return (100 * self.f(x)).round().long()
+
+
+@pytest.mark.parametrize(("name", "elements"), [("rotation", None), ("so2", [0.0, 30.0, 90.0])])
+def test_integer_logits_are_measured_as_their_float64_values(name, elements):
+    """DI raised log_softmax's NotImplementedError for 'Long'; now every metric (and floor) is that of the floats."""
+    torch.manual_seed(0)
+    model = _Rounded().eval()
+    group = ti.get_group(name, **({"order": 4} if name == "rotation" else {}))
+    data = _loader()
+    metrics = ("accuracy", "consistency", "di", "li")
+    got = ti.evaluate_invariance(model, group, data, metrics=metrics, elements=elements, progress=False)
+    want = ti.evaluate_invariance(
+        lambda x: model(x).double(), group, data, metrics=metrics, elements=elements, progress=False
+    )
+    assert got.to_dict() == want.to_dict()
+    assert got.to_dict()["di"]["mean"] > 0
+
+
+@pytest.mark.parametrize("metric", ["di", "consistency", "worst"])
+def test_one_logit_per_sample_is_refused_by_the_class_metrics(metric):
+    """One class: DI was 0 and consistency 1 whatever the model, worst-of-k the accuracy; LI still measures."""
+    model = mlp(36, classes=1, dtype=F64)
+    with pytest.raises(ValueError, match=r"need logits of at least 2 classes; got 1 output per sample"):
+        ti.evaluate_invariance(model, GROUP, _loader(), metrics=(metric,), progress=False)
+    li = ti.evaluate_invariance(model, GROUP, _loader(), metrics=("li",), progress=False)
+    assert li.to_dict()["li"]["mean"] > 0
+
+
 # ------------------------------------------------------------------ elements= and continuous groups (issue 20)
 def _per_element_loop(model, group, x, y, elements):
     """An explicit loop over the elements and the samples, in float64: every term of every metric and floor."""

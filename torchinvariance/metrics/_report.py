@@ -84,6 +84,17 @@ def _check_images(x: Tensor) -> None:
         )
 
 
+def _check_classes(out: Tensor, names: list[str]) -> None:
+    """DI, consistency and worst-of-k compare classes: one output per sample makes them 0, 1, accuracy by default."""
+    trivial = [m for m in ("di", "consistency", "worst") if m in names]
+    if trivial and out.dim() == 3 and out.shape[-1] < 2:
+        raise ValueError(
+            f"metrics {trivial} compare the classes of a classifier and need logits of at least 2 classes; got "
+            f"{out.shape[-1]} output per sample (the softmax of one logit is 1 whatever the input: DI 0, consistency "
+            "1 by default). For a one-logit binary classifier return torch.cat([-z, z], 1) / 2, or measure 'li'"
+        )
+
+
 def _model_device(model: Callable[[Tensor], Tensor]) -> torch.device:
     if isinstance(model, nn.Module):
         for t in itertools.chain(model.parameters(), model.buffers()):
@@ -386,6 +397,9 @@ def evaluate_invariance(
                         out = orbit_outputs(model, group, x, eval_mode=eval_mode, chunk_size=chunk_size, elements=orbit)
                     if any(k in names for k in ("di", "accuracy", "consistency", "worst")):
                         check_logits(out, "evaluate_invariance", batch_dims=2)
+                    _check_classes(out, names)
+                    if not (out.is_floating_point() or out.is_complex()):
+                        out = out.double()  # integer logits: the softmax of DI needs floats (exact up to 2**53)
                     fx, fgx = out[0], (out if chosen is None else out[1:])  # fgx: one row per measured element
                     if "accuracy" in acc:
                         acc["accuracy"].update_terms(fgx.argmax(-1) == _labels(y, x, "accuracy").unsqueeze(0))
@@ -399,6 +413,7 @@ def evaluate_invariance(
                     if floors:
                         with torch.no_grad():  # f(g^-1 (g x)): what resampling alone changes
                             back = round_trip_outputs(model, group, x, measured, chunk_size=chunk_size)
+                        back = back.to(out.dtype) if back.dtype != out.dtype else back
                         for name, meter in floors.items():
                             meter.update_terms(_FLOOR_TERMS[name](fx, back))
                 if "flip" in names:
