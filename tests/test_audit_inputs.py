@@ -93,6 +93,24 @@ def value(**kwargs):
 
 def oserror(**kwargs):
     raise FileNotFoundError("weights.bin not found")
+
+
+class Rounded(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 3)
+
+    def forward(self, x):
+        return (100 * self.lin(x.flatten(1))).round().long()
+
+
+class OneLogit(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 1)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1))
 """
 
 
@@ -117,6 +135,23 @@ def test_factory_that_raises_gives_a_clean_error(factories, capsys, factory, mes
     assert rc == 2, err
     assert err.startswith("audit: error: ") and "Traceback" not in err
     assert f"'audit_factories:{factory}'" in err and message in err, err
+    assert not (factories / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("factory", "metrics", "message"),
+    [  # before: GroupAveraged's 'mean(): could not infer output dtype' / log_softmax's 'not implemented for Long'
+        ("Rounded", "di,li", "the model returns torch.int64 outputs (1, 3) for one input; the audit needs floating"),
+        # before: worst/flip raised robustness's ValueError traceback; di,li gave DI 0 and consistency 1 regardless
+        ("OneLogit", "di,li", "the model returns (1, 1) for one input: one logit"),
+        ("OneLogit", "flip", "at least 2 classes"),
+    ],
+)
+def test_model_outputs_that_are_not_class_logits(factories, capsys, factory, metrics, message):
+    rc, _, err = _run(capsys, _argv(factories, model=f"audit_factories:{factory}", model_kwargs="{}", metrics=metrics))
+    assert rc == 2, err
+    assert err.startswith("audit: error: ") and "Traceback" not in err
+    assert message in err, err
     assert not (factories / "out" / "report.json").exists()
 
 

@@ -265,6 +265,18 @@ def _probe(model: nn.Module, cfg: AuditConfig, device: torch.device) -> int | No
             "For an equivariant model (e.g. a segmentation net) pass --output-action same (or perm:..., "
             "MODULE:CALLABLE)"
         )
+    if not out.is_floating_point():
+        raise AuditError(
+            f"the model returns {out.dtype} outputs {tuple(out.shape)} for one input; the audit needs floating point "
+            "logits (its group-averaged reference averages them over the orbit). Return the logits before any "
+            "rounding or argmax, or cast them: .float()"
+        )
+    if out.shape[1] < 2:
+        raise AuditError(
+            f"the model returns {tuple(out.shape)} for one input: one logit, and the audit compares classes (top-1 "
+            "consistency would be 1 and DI 0 whatever the model). It needs logits (1, classes) with at least 2 "
+            "classes: for a one-logit binary classifier return torch.cat([-z, z], 1) / 2"
+        )
     return int(out.shape[1])
 
 
