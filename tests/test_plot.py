@@ -258,6 +258,21 @@ def test_flip_histogram_overlays_continuous_results_and_rejects_bad_input():
         ti.plot.flip_histogram({"A": _spectrum()})
 
 
+@pytest.mark.parametrize(
+    ("unit", "max_magnitude"), [("degrees", 180.0), ("log-scale", float(np.log(2.0))), ("steps", 4)]
+)
+def test_flip_histogram_where_nothing_flips_has_a_count_axis_from_zero(unit, max_magnitude):
+    """No sample flips (a robust model): the count axis ran from -0.05 to 0.05 with ticks -0.045, -0.030, ..."""
+    inf = float("inf")
+    ax = ti.plot.flip_histogram(_flips([inf, inf, inf], [0, 0, 0], unit=unit, max_magnitude=max_magnitude)).axes[0]
+    ax.figure.canvas.draw()
+    low, high = ax.get_ylim()
+    assert low == 0.0 and high >= 1.0, (low, high)
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert ticks and all(t >= 0 and float(t).is_integer() for t in ticks), ticks
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["0 of 3 flip, 3 never"]
+
+
 def test_flip_histogram_of_a_real_search():
     model = mlp(36, classes=4, dtype=F64, seed=3)
     flips = ti.smallest_flip(model, ROT, _x(b=10, seed=2))

@@ -399,6 +399,7 @@ def draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: st
             if unit == "degrees"
             else np.geomspace(math.exp(-span), math.exp(span), nb + 1)
         )
+    most = 0  # the highest bar
     for i, (label, r) in enumerate(named.items()):
         color = palette[i % len(palette)]
         values = r.signed[r.flipped]
@@ -406,9 +407,11 @@ def draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: st
         text = f"{'' if single else label + ': '}{int(r.flipped.sum())} of {r.magnitude.numel()} flip, {never} never"
         if unit == "steps":
             counts = [int((values == k).sum()) for k in ks]
+            most = max([most, *counts])
             ax.bar([j - 0.4 + width * (i + 0.5) for j in range(len(ks))], counts, width=width, color=color, label=text)
         else:
             counts, _ = np.histogram(values.numpy(), bins=edges)
+            most = max(most, int(counts.max()))
             ax.stairs(counts, edges, fill=True, alpha=0.35 if len(named) > 1 else 0.8, color=color, label=text)
             if len(named) > 1:
                 ax.stairs(counts, edges, color=color, linewidth=1.5)
@@ -428,6 +431,7 @@ def draw_flips(flips: Any, *, bins: int | None = None, ax: Any = None, title: st
     from matplotlib.ticker import MaxNLocator
 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of samples
+    ax.set_ylim(0, max(most, 1) * 1.05)  # counts from 0; nothing flips: 0 to 1, not -0.05 to 0.05
     ax.set_xlabel(_AXES[unit])
     ax.set_ylabel("samples")
     reach = {
