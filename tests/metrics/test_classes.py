@@ -216,6 +216,23 @@ def test_to_and_state_dict_hold_the_states_not_the_model():
     assert "model" not in dict(metric.named_children())
 
 
+def test_load_state_dict_of_other_elements_raises_and_keeps_the_states():
+    """A checkpoint of a 4-element metric loaded into one over 2 angles: 'All keys matched successfully', then
+    compute() failed with '2 averaged-row flags for terms with 4 rows'. Now a size mismatch, as torch reports one."""
+    model = mlp(36, classes=4, seed=7)
+    four = ti.LogitInvariance(model, ti.get_group("rotation", order=4))
+    four.update(_data(sizes=(5,))[0].float())
+    two = ti.LogitInvariance(model, ti.get_group("so2"), elements=[0.0, 90.0])
+    expected = r"size mismatch for li_element_sum: .* shape \(4,\) from the checkpoint.*rot0', 'rot90'\] is \(2,\)"
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=expected):
+            two.load_state_dict(four.state_dict(), strict=strict)
+        assert two.li_element_sum.shape == (2,) and two.n_samples == 0  # nothing was loaded
+    same = ti.LogitInvariance(model, ti.get_group("rotation", order=4))
+    same.load_state_dict(four.state_dict())
+    torch.testing.assert_close(same.compute(), four.compute())
+
+
 def test_continuous_group_with_explicit_elements():
     so2 = ti.get_group("so2")
     model = mlp(64, classes=4, dtype=F64, seed=8)

@@ -136,6 +136,36 @@ class _OrbitTermsMetric(Metric):
                 )
         super().merge_state(incoming_state)
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # torchmetrics sets the states as they come: a checkpoint of another number of elements was loaded without a
+        # word, and compute() then failed ("2 averaged-row flags for terms with 4 rows"). A size mismatch is reported
+        # as torch reports one for a parameter (load_state_dict raises), and no state is changed.
+        wrong = []
+        for key, default in self._defaults.items():
+            got = state_dict.get(prefix + key)
+            if isinstance(got, Tensor) and isinstance(default, Tensor) and got.shape != default.shape:
+                wrong.append(
+                    f"size mismatch for {prefix + key}: copying a state of shape {tuple(got.shape)} from the "
+                    f"checkpoint, the shape in the current {type(self).__name__} over {self._describe()} is "
+                    f"{tuple(default.shape)}"
+                )
+        if wrong:
+            error_msgs.extend(wrong)
+            for key in self._defaults:
+                state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def _describe(self) -> str:
         return f"elements {self.element_names}"
 
