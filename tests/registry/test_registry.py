@@ -112,6 +112,22 @@ def test_autoload_env_var(monkeypatch):
     assert "reverse1d" in GroupRegistry().list_groups()
 
 
+@pytest.mark.parametrize(("value", "loaded"), [("on", False), ("Y", False), (" off ", True), ("no", True)])
+def test_autoload_env_var_spellings(monkeypatch, value, loaded, recwarn):
+    """'on' kept loading the plugins without a word (only 1/true/yes turned autoloading off)."""
+    fake_distributions(monkeypatch, [FakeDistribution("reverse-plugin", [FakeEntryPoint("rev", _PluginModule)])])
+    monkeypatch.setenv("TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD", value)
+    assert ("reverse1d" in GroupRegistry().list_groups()) is loaded
+    assert not [w for w in recwarn if "AUTOLOAD" in str(w.message)]
+
+
+def test_autoload_env_var_not_understood_warns(monkeypatch):
+    fake_distributions(monkeypatch, [FakeDistribution("reverse-plugin", [FakeEntryPoint("rev", _PluginModule)])])
+    monkeypatch.setenv("TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD", "disable")
+    with pytest.warns(UserWarning, match=r"AUTOLOAD='disable' is not understood, so plugins are loaded; set it to 1"):
+        assert "reverse1d" in GroupRegistry().list_groups()
+
+
 def test_plugins_loaded_once(monkeypatch):
     calls = []
 

@@ -53,6 +53,9 @@ __all__ = [
 DISABLE_AUTOLOAD_ENV = "TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PROVIDER = "torchinvariance (built-in)"
 _HOOK_NAME = "torchinvariance_register_groups"
+#: the values of DISABLE_AUTOLOAD_ENV (stripped, lower case) that turn autoloading off, and those that keep it
+_DISABLE_VALUES = ("1", "true", "yes", "on", "y")
+_ENABLE_VALUES = ("", "0", "false", "no", "off", "n")
 
 
 def _missing_hook_reason(plugin: object) -> str:
@@ -84,7 +87,8 @@ class GroupRegistry:
     Args:
         autoload: load entry points of the ``torchinvariance`` group. ``None``
             (default) loads them unless the environment variable
-            ``TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD`` is set to ``1``/``true``.
+            ``TORCHINVARIANCE_DISABLE_PLUGIN_AUTOLOAD`` is set to ``1``/``true``/``yes``/``on``
+            (``0``/``false``/``no``/``off`` or unset keep it; any other value warns and keeps it).
 
     Example:
         >>> from torchinvariance.registry import GroupRegistry
@@ -110,7 +114,7 @@ class GroupRegistry:
     def _autoload_enabled(self) -> bool:
         if self._autoload is not None:
             return self._autoload
-        return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+        return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in _DISABLE_VALUES
 
     def _ensure_loaded(self) -> None:
         if self._loaded:  # only ever set after a complete load
@@ -136,6 +140,16 @@ class GroupRegistry:
     def _load(self, problems: list[tuple[str, type[Warning]]]) -> None:
         if not self.plugin_manager.has_plugin(BUILTIN_PROVIDER):
             self.plugin_manager.register(builtin, name=BUILTIN_PROVIDER)
+        value = os.environ.get(DISABLE_AUTOLOAD_ENV, "")
+        if self._autoload is None and value.strip().lower() not in _DISABLE_VALUES + _ENABLE_VALUES:
+            # "on" or "disable" read as "keep loading" without a word: say how the value was taken
+            problems.append(
+                (
+                    f"{DISABLE_AUTOLOAD_ENV}={value!r} is not understood, so plugins are loaded; set it to 1 (or "
+                    f"true/yes/on) to turn plugin autoloading off, or to 0 (or false/no/off, or unset it) to keep it",
+                    UserWarning,
+                )
+            )
         if self._autoload_enabled():
             self._load_entry_points(problems)
         for impl in self.plugin_manager.hook.torchinvariance_register_groups.get_hookimpls():
