@@ -233,6 +233,26 @@ def test_load_state_dict_of_other_elements_raises_and_keeps_the_states():
     torch.testing.assert_close(same.compute(), four.compute())
 
 
+def test_compute_after_load_state_dict_or_merge_state_reads_the_new_states():
+    """compute() cached before load_state_dict()/merge_state() returned the old value (0.54 instead of 11.4)."""
+    model = mlp(36, classes=4, seed=7, dtype=F64)
+    group = ti.get_group("rotation", order=4)
+    small, large = _data(sizes=(4,))[0], 5 * _data(sizes=(4,), seed=1)[0]
+    with torch.no_grad():
+        ref_large = ti.logit_invariance(model, group, large).item()
+        ref_both = ti.logit_invariance(model, group, torch.cat([small, large])).item()
+    other = ti.LogitInvariance(model, group).set_dtype(F64)
+    other.update(large)
+    loaded, merged = (ti.LogitInvariance(model, group).set_dtype(F64) for _ in range(2))
+    for metric in (loaded, merged):
+        metric.update(small)
+        assert abs(metric.compute().item() - ref_large) > 1.0  # cached: a stale value would differ
+    loaded.load_state_dict(other.state_dict())
+    np.testing.assert_allclose(loaded.compute().item(), ref_large, rtol=1e-12)
+    merged.merge_state(other)
+    np.testing.assert_allclose(merged.compute().item(), ref_both, rtol=1e-12)
+
+
 def test_continuous_group_with_explicit_elements():
     so2 = ti.get_group("so2")
     model = mlp(64, classes=4, dtype=F64, seed=8)

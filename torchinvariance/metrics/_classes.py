@@ -135,6 +135,7 @@ class _OrbitTermsMetric(Metric):
                     f"{key!r} has shape {tuple(got.shape)}, expected ({self.n_elements},)"
                 )
         super().merge_state(incoming_state)
+        self._computed = None  # torchmetrics keeps the cached compute() of the states before the merge
 
     def _load_from_state_dict(
         self,
@@ -165,6 +166,7 @@ class _OrbitTermsMetric(Metric):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        self._computed = None  # torchmetrics keeps the cached compute() of the states before the load
 
     def _describe(self) -> str:
         return f"elements {self.element_names}"
