@@ -291,6 +291,7 @@ def test_monitor_on_so2_with_drawn_elements_matches_a_per_element_loop(tmp_path)
         ((GROUP,), {"chunk_size": 0, "metrics": ("si",)}, ValueError, "chunk_size must be a positive int"),
         ((GROUP,), {"saliency": {"n_steps": 4}}, TypeError, "saliency must be a SaliencyConfig"),
         ((GROUP,), {"elements": "rot90"}, TypeError, "elements must be a sequence"),
+        ((GROUP,), {"prefix": None}, TypeError, "prefix must be a str prepended to the logged names.*got None"),
         (("rotation",), {}, TypeError, r"got the string 'rotation'; build the group first: ti\.get_group"),
     ],
 )

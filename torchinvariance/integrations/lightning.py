@@ -143,6 +143,8 @@ class InvarianceMonitor(Callback):
             isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
         ):
             raise ValueError(f"max_samples must be a positive int or None, got {max_samples!r}")
+        if not isinstance(prefix, str):  # str(None) logged "Noneli"
+            raise TypeError(f"prefix must be a str prepended to the logged names (e.g. 'invariance/'); got {prefix!r}")
         if not isinstance(include_identity, bool):
             raise TypeError(f"include_identity must be a bool, got {include_identity!r}")
         if not callable(get_input):
@@ -158,7 +160,7 @@ class InvarianceMonitor(Callback):
         self.metrics = names
         self.every_n_epochs = every_n_epochs
         self.max_samples = max_samples
-        self.prefix = str(prefix)
+        self.prefix = prefix
         self.include_identity = include_identity
         self.per_element = bool(per_element)
         self.prog_bar = bool(prog_bar)
