@@ -144,3 +144,16 @@ def test_bad_selections_give_clean_errors(tmp_path, capsys, args, message):
     rc, _, err = _run(capsys, _argv(out, *groups, **args))
     assert rc == 2 and message in err
     assert not out.exists() or not (out / "report.json").exists()  # refused before anything was written
+
+
+@needs_mnist
+def test_one_measured_element_in_words_and_a_console_line_without_di(tmp_path, capsys):
+    """'under all 1 measured element'; with --metrics worst,flip the console printed 'so2:angles=30: ' and nothing."""
+    rc, out, err = _run(capsys, _argv(tmp_path / "a", "so2:angles=30", metrics="worst,flip"))
+    assert rc == 0, err
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "classified correctly under the 1 measured element" in md and "all 1 " not in md
+    line = next(t for t in out.splitlines() if t.startswith("so2:angles=30:"))
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    c = report["groups"][0]["summary"]["consistency"]
+    assert line == f"so2:angles=30: top-1 consistency {c['model']:.4g} (group-averaged {c['group_averaged']:.4g})"

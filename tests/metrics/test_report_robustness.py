@@ -130,6 +130,17 @@ def test_default_metrics_are_unchanged():
     assert "worst-of-k" not in str(report)
 
 
+@pytest.mark.parametrize(("elements", "words"), [([30.0], "the 1 measured element"), ([30.0, 60.0], "both measured")])
+def test_text_counts_few_measured_elements_in_words(elements, words):
+    """One element read 'under all 1 measured elements'."""
+    report = ti.evaluate_invariance(
+        mlp(64, classes=4, dtype=F64), ti.get_group("so2"), _data(), metrics=("worst",), elements=elements,
+        progress=False,
+    )  # fmt: skip
+    assert f"classified correctly under {words}" in str(report), str(report)
+    assert "all 1 " not in str(report) and "all 2 " not in str(report)
+
+
 def test_text_and_plot():
     rot = ti.get_group("rotation", order=4)
     model = mlp(64, classes=4, dtype=F64, seed=1)

@@ -44,11 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return "not finite"
             return "none" if s[k][where] is None else f"{s[k][where]:.4g}"
 
-        parts = [
-            f"{label} {ref(k, 'model')} (group-averaged {ref(k, 'group_averaged')})"
-            for k, label in labels.items()
-            if k in s
-        ]
+        shown = {k: label for k, label in labels.items() if k in s}
+        if not shown and "consistency" in s:  # --metrics worst,flip,discover only: no DI, LI, SI to show
+            shown = {"consistency": "top-1 consistency"}
+        parts = [f"{label} {ref(k, 'model')} (group-averaged {ref(k, 'group_averaged')})" for k, label in shown.items()]
         print(f"{g['group']}: " + ", ".join(parts))
         for where, metrics in bad.items():
             names = ", ".join(labels.get(k, k) for k in metrics)

@@ -744,6 +744,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _every(n: int, word: str) -> str:
+    """``the 1 measured element``, ``both measured elements``, ``all 3 measured elements``."""
+    return f"the 1 {word}" if n == 1 else f"both {word}s" if n == 2 else f"all {n} {word}s"
+
+
 def _unit(value: float, unit: str) -> str:
     """``unit`` after ``value``: "1 step", "2 steps", "1 degree" (a plural unit loses its s after exactly 1)."""
     return unit[:-1] if value == 1 and unit.endswith("s") else unit
@@ -825,7 +830,7 @@ def _robustness_markdown(g: dict[str, Any]) -> list[str]:
         w = g["worst"]
         lines.append(
             f"- worst-of-k accuracy {_fmt(w['worst_case_accuracy'])} (clean {_fmt(w['accuracy'])}): the share of "
-            f"samples classified correctly under all {_plural(len(w['per_element']), 'measured element')}"
+            f"samples classified correctly under {_every(len(w['per_element']), 'measured element')}"
         )
     if "flip" in g:
         f = g["flip"]

@@ -348,9 +348,11 @@ class InvarianceReport:
         lines = []
         if self.worst_case is not None:
             w = self.worst_case
+            n = len(w.elements)
+            every = "the 1 measured element" if n == 1 else f"{'both' if n == 2 else f'all {n}'} measured elements"
             lines.append(
                 f"worst-of-k accuracy: {w.worst_case_accuracy:.4f} (clean {w.accuracy:.4f}): the share of samples "
-                f"classified correctly under all {len(w.elements)} measured elements"
+                f"classified correctly under {every}"
             )
         if self.flips is not None:
             d = self.flips.to_dict()
