@@ -247,6 +247,12 @@ def test_group_spec_lists_and_slugs():
         (["--output-action", "torchinvariance:nope"], "has no attribute 'nope'"),
         (["--output-action", "same"], "does not fit the outputs of the model"),
         (["--group", "so2:angles=0,90", "--output-action", "perm:rot90=1,0"], "needs a finite group"),
+        # one figure file per group: the second group's figures overwrote the first's, report.md showed them twice
+        (["--group", "rotation:order=4", "--group", "rotation:order=4"], "--group 'rotation:order=4' is given twice"),
+        (
+            ["--group", "so2:angles=0,10.0000001", "--group", "so2:angles=0,10.0000002"],
+            "would write the same figures (so2-angles0_10_elements.png)",
+        ),
         # only the identity listed: the means over the other elements have nothing to average (a traceback before)
         (["--group", "so2:angles=0"], "lists only the identity of SO2"),
         (["--group", "so2:angles=0,360"], "lists only the identity of SO2"),
@@ -276,8 +282,8 @@ def test_errors_say_what_was_expected_and_what_arrived(tmp_path, capsys, args, m
         "--samples": "4",
         "--out": str(tmp_path / "out"),
     }
-    given = dict(zip(args[::2], args[1::2]))
-    argv = [v for k, val in {**base, **given}.items() for v in (k, val)] + ["--no-progress"]
+    given = set(args[::2])  # a repeated option (--group twice) is kept twice
+    argv = [v for k, val in base.items() if k not in given for v in (k, val)] + list(args) + ["--no-progress"]
     rc, _, err = _run(capsys, *argv)
     assert rc == 2
     assert message in err, err

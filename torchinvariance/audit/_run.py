@@ -517,7 +517,18 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # a factory's random initialization (no checkpoint) is reproducible
     model = build_model(cfg).to(device)
     groups = []  # every group, its elements and its output action checked before measuring
+    slugs: dict[str, str] = {}
     for spec in cfg.groups:
+        if spec.slug in slugs:  # one figure file per group: the second would overwrite the first's
+            same = spec.text == slugs[spec.slug]
+            raise AuditError(
+                f"--group {spec.text!r} is given twice"
+                if same
+                else f"--group {slugs[spec.slug]!r} and --group {spec.text!r} would write the same figures "
+                f"({spec.slug}_elements.png); give each group once, its elements with fewer digits if they only "
+                "differ beyond the 6th"
+            )
+        slugs[spec.slug] = spec.text
         group = _build_group(spec, cfg)
         chosen = _measured(spec, group, cfg.seed, cfg.include_identity)
         groups.append((spec, group, chosen, _build_action(cfg.output_action, spec, group)))
