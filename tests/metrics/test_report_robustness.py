@@ -141,6 +141,22 @@ def test_text_counts_few_measured_elements_in_words(elements, words):
     assert "all 1 " not in str(report) and "all 2 " not in str(report)
 
 
+@pytest.mark.parametrize(
+    ("include_identity", "note"),
+    [
+        (False, "(means over the 1 non-identity element; accuracy over the 1 element)"),
+        (True, "(means over the 1 element)"),
+    ],
+)
+def test_text_note_on_one_element_is_singular(include_identity, note):
+    """'(means over the 1 non-identity elements; accuracy over all 1)', '(means over all 1 elements)'."""
+    report = ti.evaluate_invariance(
+        mlp(64, classes=4, dtype=F64), ti.get_group("so2"), _data(), elements=[30.0],
+        include_identity=include_identity, progress=False,
+    )  # fmt: skip
+    assert note in str(report).splitlines(), str(report)
+
+
 def test_text_and_plot():
     rot = ti.get_group("rotation", order=4)
     model = mlp(64, classes=4, dtype=F64, seed=1)

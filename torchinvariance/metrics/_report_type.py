@@ -90,7 +90,7 @@ class InvarianceReport:
         flipx      1.0000
         mean       1.0000
         std        0.1000
-        (means over the 1 non-identity elements)
+        (means over the 1 non-identity element)
         >>> so2 = InvarianceReport("SO2()", 10, ["rot30", "rot90"],
         ...                        {"li": {"mean": 0.5, "std": 0.1, "per_element": [0.6, 0.4],
         ...                                "floor": {"mean": 0.3, "per_element": [0.35, 0.25]}}},
@@ -336,10 +336,11 @@ class InvarianceReport:
             lines.append(row("orbit", "orbit"))
         n, averaged = len(self.elements), sum(self._averaged())
         if self.include_identity:
-            lines.append(f"(means over all {n} elements)")
+            lines.append("(means over the 1 element)" if n == 1 else f"(means over all {n} elements)")
         else:
-            note = f"(means over the {averaged} non-identity elements"
-            lines.append(note + (f"; accuracy over all {n})" if "accuracy" in names else ")"))
+            note = f"(means over the {averaged} non-identity element{'' if averaged == 1 else 's'}"
+            every = "the 1 element" if n == 1 else f"all {n}"
+            lines.append(note + (f"; accuracy over {every})" if "accuracy" in names else ")"))
         if any(k == "floor" for _, k in columns):
             lines.append("(floor: the metric of the round trip g^-1 (g x), what resampling alone explains)")
         return "\n".join(lines + self._robustness_lines())
