@@ -181,6 +181,29 @@ def test_mnist_from_torchvision_layout(tmp_path, capsys):
     assert x[:, :, :4].abs().max() == 0  # centred zero padding, 28 -> 36 as in the paper
 
 
+def test_more_samples_than_the_data_have_says_so_and_counts_every_skipped_one(tmp_path, capsys):
+    """--samples 20000 of a 3-class model on MNIST: 3147 samples, '6849 skipped' (the last 4 images, digits >= 3,
+    were not counted, though read) and no word that fewer than asked were audited."""
+    torchvision = pytest.importorskip("torchvision")
+    if not (DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST not found under {DATA} (set TORCHINVARIANCE_DATA)")
+    rc, out, err = _run(
+        capsys,
+        "--model", "torchinvariance.models:MLP", "--model-kwargs", '{"in_shape": [1, 8, 8], "num_classes": 3}',
+        "--group", "flip", "--data", "mnist", "--data-root", DATA, "--input-shape", "1,8,8", "--samples", "20000",
+        "--metrics", "li", "--no-progress", "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert rc == 0, err
+    labels = torchvision.datasets.MNIST(str(DATA), train=False, download=False).targets
+    kept, skipped = int((labels < 3).sum()), int((labels >= 3).sum())
+    d = json.loads((tmp_path / "out" / "report.json").read_text())["data"]
+    assert (d["samples"], d["samples_requested"], d["skipped_labels_outside_the_model"]) == (kept, 20000, skipped)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"{kept} samples of shape (1, 8, 8) (all there are: --samples asked for 20,000)" in md
+    assert f"({skipped} samples skipped: label not a class of the model)" in md
+    assert f"audit: warning: --samples 20000, but mnist has {kept} usable samples" in out
+
+
 def test_group_spec_and_fit():
     spec = GroupSpec.parse("translation:order=3,axis=x")
     assert (

@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuditError as exc:
         print(f"audit: error: {exc}", file=sys.stderr)
         return 2
+    d = result["data"]
+    if d["samples"] < d.get("samples_requested", d["samples"]):
+        print(f"audit: warning: --samples {d['samples_requested']}, but {cfg.data} has {d['samples']} usable samples")
     for g in result["groups"]:
         s = g["summary"]
         labels = {"di": "DI", "li": "LI", "si": "SI", "error": "equivariance error"}

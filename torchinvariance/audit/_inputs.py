@@ -295,7 +295,8 @@ def load_data(cfg: AuditConfig, n_classes: int | None) -> AuditData:
         idx = torch.nonzero(keep).flatten()[: cfg.samples]
         if idx.numel() == 0:
             raise AuditError(f"--data {cfg.data}: no sample has a label below the model's {n_classes} classes")
-        skipped = int((~keep[: int(idx[-1]) + 1]).sum())  # left out among the samples read
+        read = keep if idx.numel() < cfg.samples else keep[: int(idx[-1]) + 1]  # fewer kept than asked: all read
+        skipped = int((~read).sum())  # left out among the samples read
         x, y = x[idx], y[idx]
     else:
         x, y = x[: cfg.samples], (None if y is None else y[: cfg.samples])

@@ -568,6 +568,7 @@ def run_audit(cfg: AuditConfig, command: str | None = None) -> dict[str, Any]:
         "data": {
             "source": data.source,
             "samples": int(x.shape[0]),
+            "samples_requested": cfg.samples,
             "labels": y is not None,
             "skipped_labels_outside_the_model": data.skipped,
             "input_shape": list(cfg.input_shape),
@@ -789,8 +790,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"- model: `{m['factory']}` with `{json.dumps(m['kwargs'])}`, checkpoint "
         f"{'`' + m['checkpoint'] + '`' if m['checkpoint'] else 'none (the factory weights)'}, "
         f"{m['parameters']:,} parameters, {m['classes']} classes",
-        f"- data: {d['source']}, {_plural(d['samples'], 'sample')} of shape {tuple(d['input_shape'])}, "
-        f"{'with' if d['labels'] else 'without'} labels"
+        f"- data: {d['source']}, {_plural(d['samples'], 'sample')} of shape {tuple(d['input_shape'])}"
+        + (
+            f" (all there are: --samples asked for {d['samples_requested']:,})"
+            if d.get("samples_requested", d["samples"]) > d["samples"]
+            else ""
+        )
+        + f", {'with' if d['labels'] else 'without'} labels"
         + (
             f" ({_plural(d['skipped_labels_outside_the_model'], 'sample')} skipped: label not a class of the model)"
             if d["skipped_labels_outside_the_model"]
