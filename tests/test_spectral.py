@@ -156,3 +156,15 @@ def test_a_train_mode_batchnorm_model_is_measured_in_eval_mode_and_left_as_it_wa
     # eval_mode=False keeps train mode: the batch statistics couple the samples, and one sample cannot be probed
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         ti.jacobian_spectral_norm(model, x, method=method, eval_mode=False)
+
+
+@pytest.mark.parametrize("method", ["exact", "power"])
+def test_a_model_returning_a_dict_with_logits_is_measured_like_its_logits(method):
+    # was "the model must return a tensor with the batch (1) in dim 0; got dict", though the metrics take such models
+    net = mlp(12, 3, dtype=F64)
+    x = torch.randn(4, 12, dtype=F64)
+    plain = ti.jacobian_spectral_norm(net, x, method=method)
+    wrapped = ti.jacobian_spectral_norm(lambda t: {"logits": net(t)}, x, method=method)
+    assert torch.allclose(wrapped, plain, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="one output per sample"):
+        ti.jacobian_spectral_norm(lambda t: {"scores": net(t)}, x, method=method)

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from torchinvariance.orbit import measuring
+from torchinvariance.orbit import measuring, model_output
 
 __all__ = ["jacobian_spectral_norm", "weight_spectral_norms"]
 
@@ -39,12 +39,13 @@ def _check_args(model: Callable[[Tensor], Tensor], x: Tensor, method: str, n_ite
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
 
 
-def _output(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    out = model(x)
-    if not isinstance(out, Tensor) or out.dim() == 0 or out.shape[0] != x.shape[0]:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"the model must return a tensor with the batch ({x.shape[0]}) in dim 0; got {got}")
-    return out
+def _tensor_model(model: Callable[[Tensor], object]) -> Callable[[Tensor], Tensor]:
+    """``model`` returning its output tensor, checked as the metrics check it (a dict's ``logits`` is taken)."""
+
+    def f(x: Tensor) -> Tensor:
+        return model_output(model(x), x.shape[0])
+
+    return f
 
 
 def _exact(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -120,7 +121,8 @@ def jacobian_spectral_norm(
       (classifiers), ``"power"`` beyond.
 
     Args:
-        model: function or module mapping ``(B, ...)`` to ``(B, ...)``.
+        model: function or module mapping ``(B, ...)`` to ``(B, ...)`` (or to a dict or object with
+            ``logits``, as the metrics accept).
         x: float batch ``(B, ...)``.
         method: ``"auto"``, ``"exact"`` or ``"power"``.
         n_iter: maximum number of power iterations.
@@ -152,15 +154,16 @@ def jacobian_spectral_norm(
     if tol is None:
         tol = 1e-7 if x.dtype == torch.float64 else 1e-5
     x = x.detach()
+    f = _tensor_model(model)
     with measuring(model, eval_mode):
         with torch.no_grad():
-            m = _output(model, x[:1]).numel()
+            m = f(x[:1]).numel()
         if method == "auto":
             method = "exact" if m <= _AUTO_MAX_OUTPUTS else "power"
         if method == "exact":
-            out = _exact(model, x)
+            out = _exact(f, x)
         else:
-            out = _power(model, x, n_iter, float(tol), generator)
+            out = _power(f, x, n_iter, float(tol), generator)
     return out.detach()
 
 

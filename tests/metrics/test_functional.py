@@ -242,3 +242,29 @@ def test_interpolation_floor_means_over_the_elements_the_metric_means_over():
     assert ti.logit_invariance(model, so2, x, elements=[0.0, 30.0]) == li[1].mean()  # the convention it follows
     with pytest.raises(ValueError, match="only the identity"):
         ti.interpolation_floor(model, so2, x, elements=[0.0])
+
+
+def test_integer_logits_give_the_di_of_their_float64_values_in_the_function_and_the_class():
+    # was log_softmax's NotImplementedError "not implemented for 'Long'" (LI worked on the same model)
+    rot = ti.get_group("rotation", order=4)
+    net = mlp(64, 3, dtype=F64)
+    scores = lambda t: (100 * net(t)).round().long()  # noqa: E731
+    x = image_batch(3, h=8, w=8)
+    # reference: scipy's KL of the softmax of the integer scores, element by element
+    with torch.no_grad():
+        orbit = np.stack([scores(rot.act(g, x)).numpy().astype(np.float64) for g in rot.elements()])
+    p = _softmax(orbit)
+    want = np.mean([scipy.stats.entropy(p[0, b], p[i, b]) for i in range(1, 4) for b in range(3)])
+    got = ti.distribution_invariance(scores, rot, x)
+    assert got.dtype == F64 and abs(float(got) - want) <= 1e-6 * max(1.0, want)
+    metric = ti.DistributionInvariance(scores, rot)
+    metric.update(x)
+    assert abs(float(metric.compute()) - want) <= 1e-6 * max(1.0, want)
+
+
+def test_non_finite_outputs_name_each_element_once():
+    # elements=[0.0, 30.0] puts the identity before a list that has it: the message said ['rot0', 'rot0', 'rot30']
+    so2 = ti.get_group("so2")
+    nan_model = lambda t: t.flatten(1)[:, :3] * float("nan")  # noqa: E731
+    with pytest.raises(ValueError, match=r"orbit elements \['rot0', 'rot30'\] of SO2"):
+        ti.distribution_invariance(nan_model, so2, image_batch(2, h=8, w=8), elements=[0.0, 30.0])

@@ -172,3 +172,25 @@ def test_output_action_is_checked_when_built():
     ti.GroupAveraged(mlp, rot, elements=[0, 2], output_action={0: [0, 1], 2: [1, 0]})  # the subgroup it covers
     with pytest.raises(ValueError, match="output_action='same' acts on each output"):  # logits cannot be rotated
         ti.GroupAveraged(mlp, flip, output_action="same")(torch.randn(2, *IN_SHAPE))
+
+
+def test_integer_outputs_are_averaged_as_float64():
+    # was "mean(): could not infer output dtype ... Got: Long"
+    rot = ti.get_group("rotation", order=4)
+
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = ti.MLP(in_shape=(1, 6, 6), num_classes=3, hidden=8).double()
+
+        def forward(self, t):
+            return (100 * self.net(t)).round().long()
+
+    scores = Scores()
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    got = ti.GroupAveraged(scores, rot)(x)
+    with torch.no_grad():
+        want = torch.stack([scores(rot.act(g, x)) for g in rot.elements()]).double().mean(0)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, want)
+    assert torch.equal(ti.GroupAveraged(scores, rot)(rot.act(1, x)), got)  # still exactly invariant

@@ -51,12 +51,16 @@ def _check_pair(fx: Tensor, fgx: Tensor) -> None:
 def di_terms(fx: Tensor, fgx: Tensor) -> Tensor:
     r"""DI terms :math:`D_{KL}(\mathrm{softmax} f(x_b) \| \mathrm{softmax} f(g_i x_b))`, ``(n, B)``, never negative.
 
+    Integer logits are taken as their float64 values (the softmax needs floats; exact up to :math:`2^{53}`).
+
     Args:
         fx: logits ``(B, C)``.
         fgx: logits on the orbit ``(n, B, C)``.
     """
     _check_pair(fx, fgx)
     check_logits(fx, "distribution invariance (DI)")
+    if not (fx.is_floating_point() or fx.is_complex()):
+        fx, fgx = fx.to(torch.float64), fgx.to(torch.float64)
     # KL is >= 0; rounding can give -1e-11 for identical distributions
     return orbit_divergence("kl", fx, fgx).clamp_min(0.0)
 
@@ -98,7 +102,8 @@ def check_finite(out: Tensor, group: Group, what: str = "model output", elements
     finite = ~(torch.isnan(flat) | (flat == float("inf"))).any(1)
     if not bool(finite.all()):
         els = list(group.elements()) if elements is None else list(elements)
-        bad = [group.element_name(g) for g, ok in zip(els, finite.tolist()) if not ok]
+        # dict.fromkeys: an element listed twice (the identity put before a list that has it) is named once
+        bad = list(dict.fromkeys(group.element_name(g) for g, ok in zip(els, finite.tolist()) if not ok))
         raise ValueError(f"{what} contains NaN or +Inf on the orbit elements {bad} of {group!r}")
 
 

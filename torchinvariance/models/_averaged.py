@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from torchinvariance._checks import check_model
@@ -91,8 +92,14 @@ class GroupAveraged(nn.Module):
         _check_permutations(self.output_action, group, listed_elements(group) if elements is None else self.elements)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``, each row brought back by ``g^{-1}``."""
-        return orbit_forward(self.model, self.group, x, self.elements, output_action=self.output_action).mean(0)
+        """The orbit-averaged output of a batch ``x`` of shape ``(B, ...)``, each row brought back by ``g^{-1}``.
+
+        Integer or bool outputs (scores, votes) are averaged as float64: the mean of integers is not an integer.
+        """
+        out = orbit_forward(self.model, self.group, x, self.elements, output_action=self.output_action)
+        if not (out.is_floating_point() or out.is_complex()):
+            out = out.to(torch.float64)
+        return out.mean(0)
 
     def extra_repr(self) -> str:
         action = "" if self.output_action.trivial else f", output_action={self.output_action.name!r}"
