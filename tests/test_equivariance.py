@@ -221,3 +221,11 @@ def test_equivariance_loss_on_so2_compares_same_outputs_on_the_disk():
     assert ti.EquivarianceLoss(conv, ti.get_group("rotation", order=4), "same", mask="circle").on_disk
     with pytest.raises(ValueError, match="mask must be one of"):
         ti.EquivarianceLoss(conv, so2, "same", elements=[30.0], mask="disk")
+
+
+def test_a_one_argument_callable_on_the_outputs_is_told_it_was_read_as_rho():
+    # lambda y: y was read as rho(g) and the error said only "got a matrix of shape ()"
+    rot = ti.get_group("rotation", order=4)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(ValueError, match=r"one-argument callable is read as the representation.*\(g, y\)"):
+        ti.equivariance_error(net, rot, torch.randn(2, 1, 4, 4), output_action=lambda y: y)

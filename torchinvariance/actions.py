@@ -179,7 +179,9 @@ class _Representation(OutputAction):
         if m.dim() != 2 or m.shape[0] != m.shape[1] or y.shape[1] != m.shape[1]:
             raise ValueError(
                 f"rho({g!r}) must be a square (d, d) matrix with d = {y.shape[1]}, the size of the vector outputs "
-                f"(B, d) of shape {tuple(y.shape)}; got a matrix of shape {tuple(m.shape)}"
+                f"(B, d) of shape {tuple(y.shape)}; got a matrix of shape {tuple(m.shape)}. A one-argument "
+                "callable is read as the representation g -> rho(g); to act on the outputs yourself pass a "
+                "callable of two arguments (g, y) -> g · y"
             )
         return y @ m.transpose(0, 1)
 
