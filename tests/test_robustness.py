@@ -321,3 +321,45 @@ def test_smallest_flip_on_so2_with_the_circle_mask_is_not_flipped_by_the_mask():
     result = ti.smallest_flip(model, ti.get_group("so2"), x)
     assert torch.isinf(result.magnitude).all(), result.magnitude  # the masked corners are 0 at every angle
     assert bool((result.prediction == 0).all())  # compared against the masked input's prediction
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 0], [0, 1, 2, -1, 0]])
+def test_worst_case_names_labels_outside_the_classes(labels):
+    # before: gather's "index 3 is out of bounds for dimension 2 with size 3"
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match=r"0\.\.2 .*3 scores.*got labels \[-?[13]\]"):
+        ti.worst_case(model, ti.get_group("rotation", order=4), torch.randn(5, 1, 4, 4), torch.tensor(labels))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: ti.worst_case(m, ti.get_group("rotation", order=4), x, torch.zeros(5, dtype=torch.long)),
+        lambda m, x: ti.smallest_flip(m, ti.get_group("so2"), x),
+        lambda m, x: ti.smallest_flip(m, ti.get_group("rotation", order=4), x),
+    ],
+)
+def test_nan_scores_raise_instead_of_reading_as_never_flipping(call):
+    # before: worst_case reported accuracy 0 and smallest_flip "never flips" (magnitude inf) for a NaN model
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+    def model(z):
+        return lin(z) * float("nan")
+
+    with pytest.raises(ValueError, match="NaN or \\+inf scores on x"):
+        call(model, torch.randn(5, 1, 4, 4))
+
+
+def test_nan_only_on_transformed_inputs_is_named():
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.randn(5, 1, 4, 4)
+
+    def model(z):
+        out = lin(z)
+        return torch.where((z == x[:1]).flatten(1).all(1, keepdim=True), out, out * float("nan"))
+
+    with pytest.raises(ValueError, match="NaN or \\+inf scores on the transformed inputs"):
+        ti.smallest_flip(model, ti.get_group("rotation", order=4), x[:1])
+    masked = lambda z: lin(z).index_fill(1, torch.tensor([2]), -math.inf)  # noqa: E731 (a masked class is fine)
+    result = ti.worst_case(masked, ti.get_group("rotation", order=4), x, torch.zeros(5, dtype=torch.long))
+    assert result.margins.isfinite().all()

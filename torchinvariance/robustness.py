@@ -128,6 +128,28 @@ def _logits(out: Tensor, rows: int) -> Tensor:
     return out
 
 
+def _check_finite(out: Tensor, what: str) -> None:
+    """Raise where the scores hold NaN or +inf: their argmax is no prediction (``-inf``, a masked class, is fine)."""
+    if not out.is_floating_point():
+        return
+    bad = torch.isnan(out) | (out == math.inf)
+    if bool(bad.any()):
+        n = int(bad.flatten(0, -2).any(-1).sum()) if out.dim() > 1 else int(bad.sum())
+        raise ValueError(
+            f"the model returned NaN or +inf scores on {what} ({n} of {out.flatten(0, -2).shape[0]} rows): a "
+            "prediction, a margin or a flip cannot be read from them. Check the model and the inputs"
+        )
+
+
+def _check_label_range(y: Tensor, classes: int) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        bad = y[(y < 0) | (y >= classes)].unique().tolist()
+        raise ValueError(
+            f"y must hold class labels in 0..{classes - 1} (the model returns {classes} scores per sample); "
+            f"got labels {bad}"
+        )
+
+
 def worst_case(
     model: Callable[[Tensor], Any],
     group: Group,
@@ -165,7 +187,8 @@ def worst_case(
 
     Raises:
         TypeError: ``y`` is not an integer tensor, ``model`` is not callable.
-        ValueError: bad shapes, no elements for a continuous group, an output that is not ``(B, C)`` scores.
+        ValueError: bad shapes, no elements for a continuous group, an output that is not ``(B, C)`` scores,
+            scores with NaN or ``+inf``, labels outside ``0..C-1``.
 
     Example:
         >>> import torch, torchinvariance as ti
@@ -202,6 +225,9 @@ def worst_of_outputs(elements: list, clean: Tensor, out: Tensor, y: Tensor) -> W
         raise ValueError(
             f"orbit outputs must be ({len(els)}, {', '.join(map(str, clean.shape))}); got {tuple(out.shape)}"
         )
+    _check_finite(clean, "x")
+    _check_finite(out, "the transformed inputs")
+    _check_label_range(y, clean.shape[1])
     correct = out.argmax(-1) == y
     margins = _margins(out, y)
     worst = margins.argmin(0)
@@ -475,8 +501,17 @@ def _check_positive(name: str, value: Any, integer: bool = False) -> None:
         raise ValueError(f"{name} must be a positive {'int' if integer else 'number'}, got {value!r}")
 
 
-def _predict(model: Callable[[Tensor], Any], x: Tensor) -> Tensor:
-    return _logits(model_output(model(x), x.shape[0]), x.shape[0]).argmax(-1)
+def _predict(model: Callable[[Tensor], Any], x: Tensor, what: str = "the transformed inputs") -> Tensor:
+    out = _logits(model_output(model(x), x.shape[0]), x.shape[0])
+    _check_finite(out, what)
+    return out.argmax(-1)
+
+
+def _orbit_predictions(model, group, x, els, chunk_size) -> Tensor:
+    """The top-1 predictions ``(n, B)`` on the ``n`` elements, on the CPU, from finite scores."""
+    out = orbit_forward(model, group, x, els, chunk_size=chunk_size)
+    _check_finite(out, "the transformed inputs")
+    return out.argmax(-1).cpu()
 
 
 def smallest_flip(
@@ -525,7 +560,8 @@ def smallest_flip(
 
     Raises:
         TypeError: a group that is not one of these, ``model`` not callable.
-        ValueError: bad ``max_magnitude``, ``steps`` or ``tol``, a bad batch, an output that is not scores.
+        ValueError: bad ``max_magnitude``, ``steps`` or ``tol``, a bad batch, an output that is not scores,
+            scores with NaN or ``+inf``.
 
     Example:
         A linear ramp at 10 degrees from the :math:`u` axis, and a model that tells whether it points closer to
@@ -550,7 +586,7 @@ def smallest_flip(
     if isinstance(group, SO2) and group.mask == "circle":
         x = group.mask_input(x)  # else the mask itself, not the rotation, would flip predictions at t -> 0
     with measuring(model, eval_mode), torch.no_grad():
-        pred = _predict(model, x)
+        pred = _predict(model, x, "x")
         if path.unit == "steps":
             return _scan_cyclic(model, group, path, x, pred, min(int(t_max), group.order - 1), chunk_size)
         n = path.default_steps if steps is None else steps
@@ -569,7 +605,7 @@ def _scan_cyclic(model, group, path, x, pred, t_max, chunk_size) -> FlipResult:
     if t_max >= 1:
         ks = [k * s for k in range(1, t_max + 1) for s in (1, -1)]  # magnitude first, +1 before -1 on ties
         els = [path.element(k) for k in ks]
-        preds = orbit_forward(model, group, x, els, chunk_size=chunk_size).argmax(-1).cpu()  # (2 t_max, B)
+        preds = _orbit_predictions(model, group, x, els, chunk_size)  # (2 t_max, B)
         flips = preds != pred.cpu()
         for row, k in enumerate(ks):
             hit = flips[row] & torch.isinf(mag)
@@ -588,7 +624,7 @@ def _scan_continuous(model, group, path, x, pred, t_max, steps, tol, chunk_size)
     pred_cpu = pred.cpu()
     for sign in (1, -1):
         els = [path.element(sign * t) for t in grid]
-        preds = orbit_forward(model, group, x, els, chunk_size=chunk_size).argmax(-1).cpu()  # (steps, B)
+        preds = _orbit_predictions(model, group, x, els, chunk_size)  # (steps, B)
         flips = preds != pred_cpu
         any_flip = flips.any(0)
         first = flips.double().argmax(0)  # first flipping grid point (0 where none: masked by any_flip)
