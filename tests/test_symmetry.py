@@ -272,3 +272,41 @@ def test_spectrum_of_stacked_rows_is_the_spectrum_of_all_samples():
     for bad in (torch.zeros(3, 5), torch.zeros(0, 2, 6), torch.zeros(2, 2, 6, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"\(B, K, 6\)|no rows"):
             ti.SymmetrySpectrum.from_lie_derivatives(bad)
+
+
+def _lin64():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        # before: autograd's "element 0 of tensors does not require grad and does not have a grad_fn"
+        (lambda z: torch.zeros(z.shape[0], 3), "does not depend on x through autograd"),
+        (lambda z: _lin64()(z).detach(), "does not depend on x through autograd"),
+        (lambda z: (z.flatten(1).sum(1, keepdim=True) > 0).long(), "must be floating point; got torch.int64"),
+        # before: linalg.svd's "failed to converge because the input matrix contained non-finite values"
+        (lambda z: _lin64()(z) * float("nan"), "NaN or inf outputs on 4 of the 4 samples"),
+    ],
+)
+def test_outputs_that_cannot_be_differentiated_are_named(model, match):
+    with pytest.raises(ValueError, match=match):
+        ti.discover_symmetries(model, torch.randn(4, 1, 8, 8))
+
+
+def test_non_finite_inputs_and_rows_are_named():
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.raises(ValueError, match="x holds NaN or inf"):
+        ti.discover_symmetries(_lin64(), x.masked_fill(x > 2, float("inf")))
+    lie = torch.randn(3, 2, 6, dtype=torch.float64)
+    lie[1, 0, 2] = float("nan")
+    with pytest.raises(ValueError, match="rows of 1 of the 3 samples hold NaN or inf"):
+        ti.SymmetrySpectrum.from_lie_derivatives(lie)
+
+
+def test_an_output_built_from_parameters_only_has_zero_lie_derivative():
+    # before: autograd's "One of the differentiated Tensors appears to not have been used in the graph"
+    bias = torch.nn.Parameter(torch.randn(3))
+    spectrum = ti.discover_symmetries(lambda z: bias.expand(z.shape[0], 3), torch.randn(4, 1, 8, 8))
+    assert torch.equal(spectrum.lie_derivatives, torch.zeros(4, 3, 6, dtype=torch.float64))
+    assert torch.equal(spectrum.singular_values, torch.zeros(6, dtype=torch.float64))

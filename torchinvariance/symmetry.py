@@ -102,7 +102,7 @@ class SymmetrySpectrum:
             The :class:`SymmetrySpectrum` of all rows.
 
         Raises:
-            ValueError: ``lie`` is not a non-empty ``(B, K, 6)`` floating point tensor.
+            ValueError: ``lie`` is not a non-empty ``(B, K, 6)`` floating point tensor, or holds NaN or inf.
 
         Example:
             >>> import torch, torchinvariance as ti
@@ -240,7 +240,8 @@ def discover_symmetries(
     Raises:
         TypeError: ``model`` is not callable or ``x`` is not a tensor.
         ValueError: ``x`` is not a non-empty floating point batch of images, a bad ``stencil`` or
-            ``image_gradients``, or a model output without one row per sample.
+            ``image_gradients``, a model output without one row per sample, not floating point, not finite or
+            not depending on ``x`` through autograd, or a non-finite ``x``.
 
     Example:
         A model that sees only the mean intensity of rings around the centre is invariant to rotations; its most
@@ -268,13 +269,18 @@ def discover_symmetries(
         du, dv = _derivative(x64, step, -1, stencil), _derivative(x64, step, -2, stencil)
     else:
         du, dv = (g.detach().to(device=x.device, dtype=torch.float64) for g in image_gradients)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or inf values: the image gradients and the Lie derivatives need finite inputs")
     inp = x.detach().clone().requires_grad_(True)
     with measuring(model, eval_mode), torch.enable_grad():
         out = model_output(model(inp), x.shape[0])
         out = out.reshape(x.shape[0], -1)
+        _check_differentiable(out)
         rows = []
         for k in range(out.shape[1]):
-            (grad,) = torch.autograd.grad(out[:, k].sum(), inp, retain_graph=k + 1 < out.shape[1])
+            (grad,) = torch.autograd.grad(out[:, k].sum(), inp, retain_graph=k + 1 < out.shape[1], allow_unused=True)
+            if grad is None:  # this output has a graph, but not through x: it does not change with x at all
+                grad = torch.zeros_like(inp)
             g = grad.to(torch.float64)
             gu = (g * du).flatten(1, -3).sum(1) if x.dim() > 3 else g * du  # (B, H, W), channels summed
             gv = (g * dv).flatten(1, -3).sum(1) if x.dim() > 3 else g * dv
@@ -284,7 +290,36 @@ def discover_symmetries(
     return _spectrum(lie)
 
 
+def _check_differentiable(out: Tensor) -> None:
+    """Raise unless the outputs are finite floating point values that autograd can differentiate with respect to x."""
+    if not out.is_floating_point():
+        raise ValueError(
+            f"discover_symmetries differentiates the model's outputs with respect to x, so they must be floating "
+            f"point; got {out.dtype} outputs"
+        )
+    if not out.requires_grad:
+        raise ValueError(
+            "the model's output does not depend on x through autograd (it has no grad_fn): discover_symmetries "
+            "needs the input gradients d f / d x. Is the model run under torch.no_grad(), does it detach its input "
+            "or compute outside torch (numpy)? A model whose output does not depend on its input at all is invariant "
+            "along every generator"
+        )
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        rows = int(bad.any(1).sum())
+        raise ValueError(
+            f"the model returned NaN or inf outputs on {rows} of the {out.shape[0]} samples of x: their Lie "
+            "derivatives cannot be taken. Check the model and the inputs"
+        )
+
+
 def _spectrum(lie: Tensor) -> SymmetrySpectrum:
+    if not bool(torch.isfinite(lie).all()):
+        bad = int((~torch.isfinite(lie)).flatten(1).any(1).sum())
+        raise ValueError(
+            f"the Lie derivative rows of {bad} of the {lie.shape[0]} samples hold NaN or inf values (non-finite input "
+            "gradients of the model, or non-finite image_gradients): the spectrum needs finite rows"
+        )
     mat = lie.reshape(-1, 6)
     n = mat.shape[0]
     _, s, vh = torch.linalg.svd(mat / math.sqrt(n), full_matrices=True)
