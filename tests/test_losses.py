@@ -335,3 +335,20 @@ def test_orbit_forward_shared_randomness_replays_one_state_per_element():
     assert float((independent[1] - independent[0]).abs().max()) > 0.1  # test the tester: one forward draws anew
     with pytest.raises(TypeError, match="shared_randomness must be a bool or a RandomState"):
         ti.orbit_forward(model, rot, x, shared_randomness=1)
+
+
+def test_weighted_loss_checks_its_terms_when_built():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    reg = ti.InvarianceLoss(model, ti.get_group("rotation", order=4))
+    # before: built fine, then the call failed with a bare AssertionError
+    with pytest.raises(ValueError, match=r"at least one \(weight, loss\) term; got none"):
+        ti.WeightedInvarianceLoss([])
+    # before: built fine, then "Linear.forward() got an unexpected keyword argument 'logits'"
+    with pytest.raises(TypeError, match=r"must be an InvarianceLoss.*term 1 is Linear"):
+        ti.WeightedInvarianceLoss([(1.0, reg), (1.0, torch.nn.Linear(2, 2))])
+    # before: "cannot unpack non-iterable InvarianceLoss object"
+    with pytest.raises(TypeError, match=r"\(weight, loss\) pairs; term 0 is InvarianceLoss"):
+        ti.WeightedInvarianceLoss([reg])
+    both = ti.WeightedInvarianceLoss(((2.0, reg), (1.0, 0.5 * reg)))  # any sequence of pairs, nested sums too
+    x = torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(both(x), 2.5 * reg(x))

@@ -488,7 +488,8 @@ class WeightedInvarianceLoss(_Composable):
     negative weights deliberately (sums and multiples of it keep allowing them).
 
     Args:
-        terms: ``(weight, loss)`` pairs.
+        terms: ``(weight, loss)`` pairs, at least one; each loss an :class:`InvarianceLoss`,
+            :class:`EquivarianceLoss` or :class:`WeightedInvarianceLoss`.
         allow_negative: accept negative weights.
 
     Example:
@@ -503,6 +504,17 @@ class WeightedInvarianceLoss(_Composable):
 
     def __init__(self, terms: Sequence[tuple[float, nn.Module]], *, allow_negative: bool = False) -> None:
         super().__init__()
+        terms = list(terms)
+        if not terms:
+            raise ValueError("a composed invariance loss needs at least one (weight, loss) term; got none")
+        for i, pair in enumerate(terms):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"terms must be (weight, loss) pairs; term {i} is {type(pair).__name__} {pair!r}")
+            if not isinstance(pair[1], _Composable):
+                raise TypeError(
+                    "each term of a composed invariance loss must be an InvarianceLoss, EquivarianceLoss or "
+                    f"WeightedInvarianceLoss (called as term(x, logits=...)); term {i} is {type(pair[1]).__name__}"
+                )
         for _, t in terms:
             if getattr(t, "reduction", "mean") == "none":
                 raise ValueError("terms of a composed invariance loss need reduction 'mean' or 'sum', got 'none'")
